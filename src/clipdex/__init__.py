@@ -1,0 +1,52 @@
+"""clipdex: zero-shot image retrieval with CLIP, FAISS and SQLite.
+
+    import clipdex
+    index = clipdex.open_index("photos.clipdex")
+    index.add("~/Photos", model=clipdex.ModelSpec("ViT-B-32-256", "datacomp_s34b_b86k"))
+    for hit in index.search("a dog on the beach", k=5):
+        print(hit.score, hit.uri)
+
+Names are imported lazily so that `import clipdex` (and `clipdex --help`) stays instant.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Index": "clipdex.api",
+    "IndexStatus": "clipdex.api",
+    "open_index": "clipdex.api",
+    "ModelSpec": "clipdex.embedding",
+    "ModelIdentity": "clipdex.embedding",
+    "Embedder": "clipdex.embedding",
+    "IndexReport": "clipdex.indexer.run",
+    "SearchResult": "clipdex.search.query",
+}
+
+__all__ = [
+    "Embedder",
+    "Index",
+    "IndexReport",
+    "IndexStatus",
+    "ModelIdentity",
+    "ModelSpec",
+    "SearchResult",
+    "__version__",
+    "open_index",
+]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import Index, IndexStatus, open_index
+    from .embedding import Embedder, ModelIdentity, ModelSpec
+    from .indexer.run import IndexReport
+    from .search.query import SearchResult
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'clipdex' has no attribute {name!r}")

@@ -1,0 +1,248 @@
+"""The Python API: open an index, add sources, search, inspect. No click, no printing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .embedding import RANDOM_WEIGHTS, Embedder, ModelIdentity, ModelSpec, resolve_weights
+from .errors import IndexNotFoundError, IndexReadOnlyError, ModelMismatchError
+from .indexer.run import IndexReport, RunOptions, index_source
+from .indexer.sources import LocalSource
+from .indexer.sync import ProgressCallback
+from .search.query import SearchResult, query_vector, search_vectors
+from .storage.catalog import CATALOG_FILE, Catalog
+from .storage.lock import WriterLock
+from .storage.vectors import INDEX_FILE, INDEX_TYPE_FLAT, LoadReport, VectorIndex
+
+DEFAULT_INDEX_DIR = ".clipdex"
+
+
+def default_index_dir() -> Path:
+    return Path(os.environ.get("CLIPDEX_INDEX") or DEFAULT_INDEX_DIR)
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    folder: str
+    model: ModelIdentity | None
+    images: int
+    failed: int
+    vectors: int
+    index_type: str
+    index_vectors: int
+    index_bytes: int
+    catalog_bytes: int
+    change_seq: int
+    sources: list[tuple[str, str, float | None, int]]
+    failures: list[tuple[str, str]]
+    index_load: LoadReport | None
+
+
+class Index:
+    """One index folder: `catalog.sqlite` (the truth) and `vectors.faiss` (derived).
+
+    Reading needs no lock; `add` takes the folder's writer lock for the whole run.
+    """
+
+    def __init__(
+        self, folder: str | Path | None = None, *, device: str = "auto", precision: str = "auto"
+    ):
+        self.folder = Path(folder) if folder is not None else default_index_dir()
+        self.device = device
+        self.precision = precision
+        self._catalog: Catalog | None = None
+        self._vectors: VectorIndex | None = None
+        self._load_report: LoadReport | None = None
+        self._embedder: Embedder | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def exists(self) -> bool:
+        return (self.folder / CATALOG_FILE).is_file()
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            if not self.exists:
+                raise IndexNotFoundError(
+                    f"no index at {self.folder}; create one with `clipdex index FOLDER`"
+                )
+            self._catalog = Catalog(self.folder, read_only=not _writable(self.folder))
+        return self._catalog
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The FAISS index, caught up with the catalog in memory (readers never write it)."""
+        if self._vectors is None:
+            self._vectors, self._load_report = VectorIndex.open(self.folder, self.catalog)
+        return self._vectors
+
+    def model_identity(self) -> ModelIdentity | None:
+        return self.catalog.model_identity()
+
+    def embedder(self, spec: ModelSpec | None = None) -> Embedder:
+        """The index's own model (or `spec`, which must match it)."""
+        stored = self.catalog.model_identity()
+        if spec is None:
+            if stored is None:
+                raise IndexNotFoundError(f"the index at {self.folder} has no images yet")
+            spec = spec_for(stored)
+        elif stored is not None:
+            _check_same_model(stored, spec)
+        if self._embedder is None or self._embedder.spec != spec:
+            self._embedder = Embedder(spec, self.device, self.precision)
+        return self._embedder
+
+    def search(
+        self,
+        text: str | None = None,
+        *,
+        image: str | Path | None = None,
+        k: int = 10,
+        min_score: float | None = None,
+    ) -> list[SearchResult]:
+        """Nearest images to a text, an image file, or both, best first (cosine scores)."""
+        from .errors import QueryError
+
+        if k < 1:
+            raise QueryError(f"k must be at least 1 (got {k})")
+        if text is not None and not text.strip():
+            raise QueryError("the query text is empty")
+        vectors = self.vectors
+        query = query_vector(self.embedder(), text, image)
+        return search_vectors(self.catalog, vectors, query, k, min_score)
+
+    def status(self, failures: int | None = 20) -> IndexStatus:
+        catalog = self.catalog
+        counts = catalog.counts()
+        index_file = self.folder / INDEX_FILE
+        vectors = self.vectors if catalog.model_identity() is not None else None
+        return IndexStatus(
+            folder=str(self.folder),
+            model=catalog.model_identity(),
+            images=counts["ok"],
+            failed=counts["failed"],
+            vectors=counts["vectors"],
+            index_type=INDEX_TYPE_FLAT,
+            index_vectors=vectors.ntotal if vectors else 0,
+            index_bytes=index_file.stat().st_size if index_file.exists() else 0,
+            catalog_bytes=(self.folder / CATALOG_FILE).stat().st_size,
+            change_seq=catalog.change_seq(),
+            sources=catalog.sources(),
+            failures=catalog.failures(failures),
+            index_load=self._load_report,
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def add(
+        self,
+        path: str | Path,
+        *,
+        model: ModelSpec | None = None,
+        rebuild: bool = False,
+        batch_size: int = 64,
+        workers: int = 2,
+        include_hidden: bool = False,
+        wait: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> IndexReport:
+        """Index a folder or one image file: embed what is new or changed, forget what is gone."""
+        source = LocalSource.from_path(
+            path, include_hidden=include_hidden, exclude=(self.folder.resolve(),)
+        )
+        self._prepare_folder()
+        lock = WriterLock(self.folder)
+        lock.acquire(wait=wait)
+        try:
+            self.close_readers()
+            catalog = Catalog(self.folder)
+            self._catalog = catalog
+            stored = catalog.model_identity()
+            if stored is not None and model is not None and not _same_model(stored, model):
+                if not rebuild:
+                    _check_same_model(stored, model)
+                catalog.reset()
+                stored = None
+            embedder = self.embedder(model)
+            catalog.claim_model(embedder.identity)
+            vectors, self._load_report = VectorIndex.open(self.folder, catalog)
+            self._vectors = vectors
+            if vectors.dim != embedder.identity.dim:
+                vectors = self._vectors = VectorIndex.rebuild(catalog)
+            options = RunOptions(rebuild=rebuild, batch_size=batch_size, workers=workers)
+            return index_source(
+                self.folder, catalog, vectors, embedder, source, options, on_progress
+            )
+        finally:
+            lock.release()
+
+    def _prepare_folder(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexReadOnlyError(
+                f"cannot create index folder {self.folder}: {exc.strerror}"
+            ) from exc
+        if not _writable(self.folder):
+            raise IndexReadOnlyError(f"index folder {self.folder} is read-only")
+
+    def close_readers(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+        self._catalog = None
+        self._vectors = None
+
+    def close(self) -> None:
+        self.close_readers()
+        self._embedder = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def open_index(folder: str | Path | None = None, **options) -> Index:
+    """Open the index at `folder` (default: $CLIPDEX_INDEX or ./.clipdex)."""
+    return Index(folder, **options)
+
+
+def spec_for(identity: ModelIdentity) -> ModelSpec:
+    """The ModelSpec that loads the model an index was built with."""
+    if identity.weights.startswith("sha256:"):
+        return ModelSpec(identity.name, checkpoint=identity.checkpoint_path)
+    if identity.weights == RANDOM_WEIGHTS:
+        return ModelSpec(identity.name, pretrained="none")
+    if identity.weights in ("hf-hub", "local-dir"):
+        return ModelSpec(identity.name)
+    return ModelSpec(identity.name, pretrained=identity.weights)
+
+
+def _same_model(stored: ModelIdentity, spec: ModelSpec) -> bool:
+    _, weights = resolve_weights(spec)
+    return stored.name == spec.name and stored.weights == weights
+
+
+def _check_same_model(stored: ModelIdentity, spec: ModelSpec) -> None:
+    if not _same_model(stored, spec):
+        _, weights = resolve_weights(spec)
+        raise ModelMismatchError(
+            f"this index was built with {stored.name} ({stored.weights}), not "
+            f"{spec.name} ({weights}); use the index's model (leave out --model), "
+            f"or start over with --rebuild or another --index folder"
+        )
+
+
+def _writable(folder: Path) -> bool:
+    """A real write attempt: os.access says yes to root even on a read-only mount."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False

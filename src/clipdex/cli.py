@@ -1,0 +1,285 @@
+"""The `clipdex` command: parse options, call the library, format results. Nothing else.
+
+Results go to stdout, progress and errors to stderr. Library errors (clipdex.errors)
+become one line and exit code 1; usage errors exit 2, as click does.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli_output import FORMATS, SEARCH_FORMATS, write_rows
+
+INDEX_HELP = "Index folder (default ./.clipdex)."
+
+
+def index_option(func: Callable) -> Callable:
+    return click.option(
+        "--index",
+        "index_dir",
+        envvar="CLIPDEX_INDEX",
+        default=".clipdex",
+        show_envvar=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=INDEX_HELP,
+    )(func)
+
+
+def format_option(choices: tuple[str, ...] = FORMATS) -> Callable:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )
+
+
+def model_options(func: Callable) -> Callable:
+    """--model, --pretrained, --checkpoint, --device, --precision, declared once."""
+    options = [
+        click.option(
+            "--model",
+            "-m",
+            default=None,
+            envvar="CLIPDEX_MODEL",
+            help="open_clip architecture or hf-hub: name "
+            "[default: the index's model, else ViT-B-32-256].",
+        ),
+        click.option(
+            "--pretrained",
+            default=None,
+            help="Weights tag (see `clipdex models`), or 'none' for random weights.",
+        ),
+        click.option(
+            "--checkpoint",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Local checkpoint file for --model (loaded weights-only).",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+            help="Where the model runs.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+            default="auto",
+            show_default=True,
+            help="auto: fp16 on CUDA, bf16 on CPUs that support it, else fp32.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def handle_errors(func: Callable) -> Callable:
+    """Turn library errors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .errors import ClipdexError
+
+        try:
+            return func(*args, **kwargs)
+        except ClipdexError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: batches already committed are kept", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clipdex")
+def cli() -> None:
+    """Zero-shot image search: index images with CLIP, then search them by text or image.
+
+    \b
+    Example:
+        clipdex index ~/Photos
+        clipdex search "a dog on the beach" -k 5
+    """
+
+
+def _spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
+    from .embedding import DEFAULT_MODEL, ModelSpec
+
+    if model is None and pretrained is None and checkpoint is None:
+        return None
+    return ModelSpec(model or DEFAULT_MODEL, pretrained, str(checkpoint) if checkpoint else None)
+
+
+@cli.command("index")
+@click.argument("paths", nargs=-1, required=True)
+@index_option
+@model_options
+@click.option("--rebuild", is_flag=True, help="Re-embed every file (and allow a new model).")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=2,
+    show_default=True,
+    help="Decoding processes (0: decode in the main process).",
+)
+@click.option("--include-hidden", is_flag=True, help="Also index hidden and system folders.")
+@click.option("--wait", is_flag=True, help="Wait for another writer instead of exiting.")
+@handle_errors
+def index_command(
+    paths,
+    index_dir,
+    model,
+    pretrained,
+    checkpoint,
+    device,
+    precision,
+    rebuild,
+    batch_size,
+    workers,
+    include_hidden,
+    wait,
+) -> None:
+    """Index image folders (or single files) into the index.
+
+    Only new or changed files are embedded; files that are gone are forgotten.
+
+    \b
+    Example:
+        clipdex index ~/Photos
+        clipdex index ./images --model clipdex-tiny
+    """
+    from .api import Index
+    from .cli_progress import Progress
+
+    with Index(index_dir, device=device, precision=precision) as index:
+        for path in paths:
+            with Progress(path) as progress:
+                report = index.add(
+                    path,
+                    model=_spec(model, pretrained, checkpoint),
+                    rebuild=rebuild,
+                    batch_size=batch_size,
+                    workers=workers,
+                    include_hidden=include_hidden,
+                    wait=wait,
+                    on_progress=progress,
+                )
+            click.echo(
+                f"{report.source}: {report.added} added, {report.updated} updated, "
+                f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
+                f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
+            )
+
+
+@cli.command("search")
+@click.argument("query", required=False)
+@click.option(
+    "--image",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Search by an example image (with QUERY: both together).",
+)
+@click.option(
+    "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many results."
+)
+@click.option("--min-score", type=float, default=None, help="Drop results below this cosine.")
+@index_option
+@format_option(SEARCH_FORMATS)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@handle_errors
+def search_command(query, image, k, min_score, index_dir, fmt, device) -> None:
+    """Find the images nearest to a text or an example image.
+
+    \b
+    Example:
+        clipdex search "a red car" -k 5
+        clipdex search --image query.jpg --format paths | xargs open
+    """
+    from .api import Index
+    from .errors import QueryError
+
+    if query is None and image is None:
+        raise click.UsageError("give a QUERY text or --image FILE")
+    with Index(index_dir, device=device) as index:
+        if query is not None and not query.strip():
+            raise QueryError("the query text is empty")
+        results = index.search(query, image=image, k=k, min_score=min_score)
+    rows = [dict(rank=rank, **hit.as_dict()) for rank, hit in enumerate(results, 1)]
+    columns = (
+        ("rank", "score", "uri")
+        if fmt == "table"
+        else ("rank", "id", "uri", "score", "width", "height")
+    )
+    write_rows(rows, columns, fmt)
+
+
+@cli.command("status")
+@index_option
+@format_option(("table", "json"))
+@click.option(
+    "--failures",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many failed files to list.",
+)
+@handle_errors
+def status_command(index_dir, fmt, failures) -> None:
+    """Show the model, counts, failures, FAISS index and sources of an index.
+
+    \b
+    Example:
+        clipdex status
+        clipdex --index photos.clipdex status --format json
+    """
+    from .api import Index
+    from .cli_status import print_status
+
+    with Index(index_dir) as index:
+        print_status(index.status(failures=failures), fmt)
+
+
+@cli.command("models")
+@format_option()
+@click.option(
+    "--all", "show_all", is_flag=True, help="Also list architectures without pretrained weights."
+)
+@handle_errors
+def models_command(fmt, show_all) -> None:
+    """List open_clip architectures and their pretrained tags.
+
+    \b
+    Example:
+        clipdex models
+        clipdex index ./photos --model ViT-B-16 --pretrained dfn2b
+    """
+    from .embedding import DEFAULT_MODEL, DEFAULT_PRETRAINED, TINY_MODEL, list_architectures
+
+    rows = []
+    for name, tags in list_architectures():
+        if not tags and not show_all and name != TINY_MODEL:
+            continue
+        for tag in tags or ["none"]:
+            default = name == DEFAULT_MODEL and tag == DEFAULT_PRETRAINED
+            rows.append({"model": name, "pretrained": tag, "default": "yes" if default else ""})
+    write_rows(rows, ("model", "pretrained", "default"), fmt)
+
+
+def main() -> None:
+    cli(prog_name="clipdex")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

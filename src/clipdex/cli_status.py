@@ -1,0 +1,64 @@
+"""Rendering `clipdex status` as readable lines or JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+import click
+
+from .api import IndexStatus
+
+
+def print_status(status: IndexStatus, fmt: str) -> None:
+    if fmt == "json":
+        data = asdict(status)
+        data["sources"] = [
+            {"uri": uri, "kind": kind, "indexed_at": at, "images": count}
+            for uri, kind, at, count in status.sources
+        ]
+        data["failures"] = [{"uri": uri, "error": error} for uri, error in status.failures]
+        if status.model is not None:
+            data["model"] = {
+                "name": status.model.name,
+                "weights": status.model.weights,
+                "dim": status.model.dim,
+            }
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    model = status.model.describe() if status.model else "none yet"
+    lines = [
+        f"index:    {status.folder}",
+        f"model:    {model}",
+        f"images:   {status.images} indexed, {status.failed} failed",
+        f"faiss:    {status.index_type}, {status.index_vectors} vectors, "
+        f"{_size(status.index_bytes)} on disk (catalog {_size(status.catalog_bytes)})",
+        f"changes:  {status.change_seq}",
+    ]
+    if status.index_load is not None and status.index_load.action != "loaded":
+        lines.append(
+            f"          faiss file was {status.index_load.action}: {status.index_load.reason}"
+        )
+    lines.append("sources:")
+    for uri, kind, at, count in status.sources:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else "never finished"
+        lines.append(f"  {uri}  ({kind}, {count} files, indexed {when})")
+    if status.failures:
+        shown = len(status.failures)
+        lines.append(
+            f"failures (showing {shown} of {status.failed}):"
+            if shown < status.failed
+            else "failures:"
+        )
+        lines.extend(f"  {uri}: {error}" for uri, error in status.failures)
+    for line in lines:
+        click.echo(line)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,47 @@
+"""Typed exceptions. The library raises these; the CLI turns them into one-line messages."""
+
+from __future__ import annotations
+
+
+class ClipdexError(Exception):
+    """Base class for every error a user can cause or fix."""
+
+
+class IndexNotFoundError(ClipdexError):
+    """There is no index at the given folder."""
+
+
+class IndexLockedError(ClipdexError):
+    """Another process is writing to the index."""
+
+
+class IndexReadOnlyError(ClipdexError):
+    """The index folder cannot be written."""
+
+
+class CatalogError(ClipdexError):
+    """The catalog is unreadable, from a newer clipdex, or inconsistent."""
+
+
+class ModelMismatchError(ClipdexError):
+    """The index was built with another model than the one asked for."""
+
+
+class ModelLoadError(ClipdexError):
+    """A model's architecture, weights or checkpoint cannot be loaded."""
+
+
+class SourceError(ClipdexError):
+    """A source path or uri does not exist or cannot be listed."""
+
+
+class QueryError(ClipdexError):
+    """A search or classification request is malformed."""
+
+
+class LabelsError(QueryError):
+    """A label list, labels file or template set is malformed."""
+
+
+class ImageDecodeError(ClipdexError):
+    """One image cannot be read; recorded as a failure, never fatal to a run."""

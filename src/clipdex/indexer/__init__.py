@@ -1,0 +1,1 @@
+"""Indexer: list sources, decide what changed, decode in parallel, embed in batches."""

@@ -1,0 +1,95 @@
+"""Parallel decode and preprocess in worker processes, batched for the embedder.
+
+A torch DataLoader runs `load_image` + the model's preprocessing in `workers` processes
+and hands the main process ready batches; a file that fails to decode travels through the
+batch as a failure with its reason, so one bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ImageDecodeError
+from .decode import DEFAULT_MAX_PIXELS, load_image
+from .sources import FileEntry
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+@dataclass
+class Decoded:
+    """One file after decoding: image size and format, or the reason it failed."""
+
+    entry: FileEntry
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Batch:
+    items: list[Decoded]
+    #: Preprocessed pixels of the items without an error, in order.
+    pixels: torch.Tensor | None
+
+
+class _DecodeDataset:
+    """Map-style dataset: index -> (Decoded, pixels or None)."""
+
+    def __init__(self, entries: Sequence[FileEntry], preprocess: Callable, max_pixels: int):
+        self.entries = entries
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, position: int) -> tuple[Decoded, Any]:
+        entry = self.entries[position]
+        try:
+            image, source_format = load_image(entry.uri, self.max_pixels)
+        except ImageDecodeError as exc:
+            return Decoded(entry, error=str(exc)), None
+        try:
+            pixels = self.preprocess(image)
+        except Exception as exc:  # a transform failing on a legal image is still one file
+            return Decoded(entry, error=f"preprocessing failed: {exc}"), None
+        return Decoded(entry, image.width, image.height, source_format), pixels
+
+
+def _collate(samples: list[tuple[Decoded, Any]]) -> Batch:
+    import torch
+
+    items = [decoded for decoded, _ in samples]
+    tensors = [pixels for _, pixels in samples if pixels is not None]
+    return Batch(items, torch.stack(tensors) if tensors else None)
+
+
+def decode_batches(
+    entries: Sequence[FileEntry],
+    preprocess: Callable,
+    batch_size: int = 64,
+    workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[Batch]:
+    """Yield batches of decoded, preprocessed images in the order of `entries`."""
+    from torch.utils.data import DataLoader
+
+    if not entries:
+        return
+    # Starting worker processes costs more than decoding a couple of batches.
+    workers = workers if len(entries) > 2 * batch_size else 0
+    loader = DataLoader(
+        _DecodeDataset(entries, preprocess, max_pixels),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers else None,
+        multiprocessing_context="fork" if workers else None,
+    )
+    yield from loader

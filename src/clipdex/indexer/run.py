@@ -1,0 +1,130 @@
+"""One index run: plan, remove what is gone, embed what is new or changed, batch by batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..embedding import Embedder
+from ..storage.catalog import Catalog, ImageRecord
+from ..storage.vectors import VectorIndex
+from .decode import DEFAULT_MAX_PIXELS
+from .pipeline import Batch, decode_batches
+from .sources import LocalSource
+from .sync import ProgressCallback, plan_sync
+
+#: Seconds between saves of the FAISS file during a long run (readers then catch up less).
+SAVE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What an index run did; `images_per_s` counts embedded images over the whole run."""
+
+    source: str
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+    failed: int
+    seconds: float
+
+    @property
+    def embedded(self) -> int:
+        return self.added + self.updated
+
+    @property
+    def images_per_s(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    rebuild: bool = False
+    batch_size: int = 64
+    workers: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def index_source(
+    folder: Path,
+    catalog: Catalog,
+    vectors: VectorIndex,
+    embedder: Embedder,
+    source: LocalSource,
+    options: RunOptions,
+    on_progress: ProgressCallback | None = None,
+) -> IndexReport:
+    """Bring the catalog and the FAISS index in step with one source.
+
+    Each batch is committed to the catalog in one transaction, then mirrored into the
+    in-memory FAISS index; the FAISS file is saved every SAVE_EVERY_S and at the end.
+    A crash loses at most the batch in flight: the next run sees the committed rows as
+    unchanged and the FAISS file catches up from the catalog when it is opened.
+    """
+    started = time.perf_counter()
+    source_id = catalog.source_id(source.uri, source.kind)
+    plan = plan_sync(source, catalog, options.rebuild, on_progress)
+    catalog.delete_images(plan.removed_ids)
+    vectors.catch_up(catalog)
+
+    failed = 0
+    done = 0
+    last_save = time.monotonic()
+    total = len(plan.to_embed)
+    if on_progress:
+        on_progress("embed", 0, total)
+    try:
+        for batch in decode_batches(
+            plan.to_embed,
+            embedder.preprocess,
+            options.batch_size,
+            options.workers,
+            options.max_pixels,
+        ):
+            records = _embed(embedder, batch)
+            failed += sum(1 for record in records if not record.ok)
+            catalog.write_batch(source_id, records)
+            vectors.catch_up(catalog)
+            done += len(records)
+            if on_progress:
+                on_progress("embed", done, total)
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                vectors.save(folder)
+                last_save = time.monotonic()
+    finally:
+        if vectors.dirty:
+            vectors.save(folder)
+    catalog.mark_source_indexed(source_id)
+    return IndexReport(
+        source=source.uri,
+        added=plan.new,
+        updated=plan.changed,
+        removed=len(plan.removed_ids),
+        unchanged=plan.unchanged,
+        failed=failed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:
+    vectors = embedder.encode_images(batch.pixels) if batch.pixels is not None else []
+    records = []
+    position = 0
+    for item in batch.items:
+        entry = item.entry
+        record = ImageRecord(
+            uri=entry.uri,
+            size=entry.size,
+            mtime_ns=entry.mtime_ns,
+            width=item.width,
+            height=item.height,
+            format=item.format,
+            error=item.error,
+        )
+        if item.error is None:
+            record.vector = vectors[position]
+            position += 1
+        records.append(record)
+    return records

@@ -1,0 +1,1 @@
+"""Search: text and image queries, zero-shot classification, prompt templates."""

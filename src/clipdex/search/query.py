@@ -1,0 +1,78 @@
+"""Text and image queries: embed the query, search FAISS, join the catalog rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..embedding import Embedder
+from ..errors import ImageDecodeError, QueryError
+from ..indexer.decode import load_image
+from ..storage.catalog import Catalog
+from ..storage.vectors import VectorIndex
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    id: int
+    uri: str
+    score: float  # cosine similarity, in [-1, 1]
+    width: int | None = None
+    height: int | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "uri": self.uri,
+            "score": round(self.score, 6),
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def query_vector(
+    embedder: Embedder, text: str | None = None, image: str | Path | None = None
+) -> np.ndarray:
+    """The unit vector of a text, an image file, or (both given) their normalised sum."""
+    if text is not None and not text.strip():
+        raise QueryError("the query text is empty")
+    if text is None and image is None:
+        raise QueryError("give a query text or --image FILE")
+    parts = []
+    if text is not None:
+        parts.append(embedder.encode_texts([text.strip()])[0])
+    if image is not None:
+        if not Path(image).is_file():
+            raise QueryError(f"query image not found: {image}")
+        try:
+            picture, _ = load_image(image)
+        except ImageDecodeError as exc:
+            raise QueryError(f"cannot read query image {image}: {exc}") from exc
+        parts.append(embedder.image_vector(picture))
+    vector = np.sum(parts, axis=0)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def search_vectors(
+    catalog: Catalog,
+    vectors: VectorIndex,
+    query: np.ndarray,
+    k: int = 10,
+    min_score: float | None = None,
+) -> list[SearchResult]:
+    """The k nearest live images to a unit query vector, best first."""
+    if k < 1:
+        raise QueryError(f"k must be at least 1 (got {k})")
+    scores, ids = vectors.search(query[None, :], k)
+    pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+    if min_score is not None:
+        pairs = [(i, s) for i, s in pairs if s >= min_score]
+    rows = catalog.images(i for i, _ in pairs)
+    # A row missing here was deleted after the index was read: never return it.
+    return [
+        SearchResult(i, rows[i].uri, s, rows[i].width, rows[i].height)
+        for i, s in pairs
+        if i in rows and rows[i].status == "ok"
+    ]

@@ -1,0 +1,410 @@
+"""Catalog: the SQLite source of truth for an index (rows, vectors, model, change sequence)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DatabaseError, OperationalError
+
+from ..embedding import ModelIdentity
+from ..errors import CatalogError, IndexReadOnlyError, ModelMismatchError
+from .schema import MIGRATIONS, SCHEMA_VERSION, Base, Image, Meta, Source, Tombstone, Vector
+
+CATALOG_FILE = "catalog.sqlite"
+
+
+@dataclass
+class ImageRecord:
+    """The outcome of indexing one file: a vector, or a failure with its reason."""
+
+    uri: str
+    size: int
+    mtime_ns: int
+    vector: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.vector is not None
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the catalog remembers of one file, for deciding whether it changed."""
+
+    id: int
+    size: int
+    mtime_ns: int
+    status: str
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    id: int
+    uri: str
+    width: int | None
+    height: int | None
+    format: str | None
+    status: str
+    error: str | None
+
+
+class Catalog:
+    """SQLAlchemy 2.0 over SQLite in WAL mode. Every write is one transaction."""
+
+    def __init__(self, folder: Path, read_only: bool = False):
+        self.folder = folder
+        self.path = folder / CATALOG_FILE
+        self.read_only = read_only
+        self.engine = _make_engine(self.path, read_only)
+        try:
+            if not read_only:
+                self._create_or_migrate()
+            else:
+                self._check_version()
+        except DatabaseError as exc:
+            self.engine.dispose()
+            raise _database_error(self.path, exc) from exc
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _create_or_migrate(self) -> None:
+        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            version = _get_meta(conn, "schema_version")
+            if version is None:
+                _set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+                _set_meta(conn, "change_seq", "0")
+                _set_meta(conn, "created_at", str(time.time()))
+                return
+            current = int(version)
+            if current > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"{self.path} was written by a newer clipdex (schema {current}, "
+                    f"this one reads up to {SCHEMA_VERSION}); upgrade clipdex"
+                )
+            while current < SCHEMA_VERSION:
+                MIGRATIONS[current](conn)
+                current += 1
+                _set_meta(conn, "schema_version", str(current))
+
+    def _check_version(self) -> None:
+        with self.engine.connect() as conn:
+            version = _get_meta(conn, "schema_version")
+        if version is None or int(version) != SCHEMA_VERSION:
+            raise CatalogError(
+                f"{self.path} has schema {version}, expected {SCHEMA_VERSION}; "
+                "open it once with write access to migrate it"
+            )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- meta and model identity -----------------------------------------------------------
+
+    def change_seq(self) -> int:
+        with self.engine.connect() as conn:
+            return int(_get_meta(conn, "change_seq") or 0)
+
+    def model_identity(self) -> ModelIdentity | None:
+        with self.engine.connect() as conn:
+            name = _get_meta(conn, "model_name")
+            if name is None:
+                return None
+            return ModelIdentity(
+                name=name,
+                weights=_get_meta(conn, "model_weights") or "",
+                dim=int(_get_meta(conn, "model_dim") or 0),
+                checkpoint_path=_get_meta(conn, "model_checkpoint_path"),
+            )
+
+    def claim_model(self, identity: ModelIdentity) -> None:
+        """Record the model on a new index, or refuse one that differs from the recorded one."""
+        stored = self.model_identity()
+        if stored is not None:
+            if stored != identity:
+                raise ModelMismatchError(
+                    f"this index was built with {stored.describe()}, not {identity.describe()}; "
+                    f"use the same model, or start over with --rebuild or another --index folder"
+                )
+            return
+        with self._write() as conn:
+            _set_meta(conn, "model_name", identity.name)
+            _set_meta(conn, "model_weights", identity.weights)
+            _set_meta(conn, "model_dim", str(identity.dim))
+            if identity.checkpoint_path:
+                _set_meta(conn, "model_checkpoint_path", identity.checkpoint_path)
+
+    def reset(self) -> None:
+        """Forget every image, vector and the model: used by `--rebuild` with a new model."""
+        with self._write() as conn:
+            seq = _bump_seq(conn)
+            ids = list(conn.execute(select(Image.id)).scalars())
+            _tombstone(conn, ids, seq)
+            conn.execute(delete(Vector))
+            conn.execute(delete(Image))
+            conn.execute(delete(Source))
+            for key in ("model_name", "model_weights", "model_dim", "model_checkpoint_path"):
+                conn.execute(delete(Meta).where(Meta.key == key))
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def source_id(self, uri: str, kind: str) -> int:
+        with self._write() as conn:
+            found = conn.execute(select(Source.id).where(Source.uri == uri)).scalar()
+            if found is not None:
+                return int(found)
+            return int(
+                conn.execute(
+                    insert(Source)
+                    .values(uri=uri, kind=kind, added_at=time.time())
+                    .returning(Source.id)
+                ).scalar_one()
+            )
+
+    def mark_source_indexed(self, source_id: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                update(Source).where(Source.id == source_id).values(indexed_at=time.time())
+            )
+
+    def sources(self) -> list[tuple[str, str, float | None, int]]:
+        """(uri, kind, last indexed at, image count) for every source."""
+        with self.engine.connect() as conn:
+            counts = dict(
+                conn.execute(select(Image.source_id, func.count()).group_by(Image.source_id)).all()
+            )
+            rows = conn.execute(select(Source.id, Source.uri, Source.kind, Source.indexed_at)).all()
+        return [(uri, kind, at, counts.get(sid, 0)) for sid, uri, kind, at in rows]
+
+    # -- images ----------------------------------------------------------------------------
+
+    def known_files(self, prefix: str, exact: bool) -> dict[str, KnownFile]:
+        """What the catalog holds under a folder prefix (or for one exact uri)."""
+        query = select(Image.uri, Image.id, Image.size, Image.mtime_ns, Image.status)
+        if exact:
+            query = query.where(Image.uri == prefix)
+        else:
+            query = query.where(Image.uri >= prefix, Image.uri < prefix + "\U0010ffff")
+        with self.engine.connect() as conn:
+            return {
+                uri: KnownFile(id, size, mtime_ns, status)
+                for uri, id, size, mtime_ns, status in conn.execute(query)
+            }
+
+    def write_batch(self, source_id: int, records: Iterable[ImageRecord]) -> int:
+        """Insert or update a batch of images and their vectors in one transaction."""
+        now = time.time()
+        with self._write() as conn:
+            seq = _bump_seq(conn)
+            for record in records:
+                values = dict(
+                    source_id=source_id,
+                    size=record.size,
+                    mtime_ns=record.mtime_ns,
+                    width=record.width,
+                    height=record.height,
+                    format=record.format,
+                    status="ok" if record.ok else "failed",
+                    error=record.error,
+                    seq=seq,
+                    indexed_at=now,
+                )
+                statement = sqlite_insert(Image).values(uri=record.uri, **values)
+                statement = statement.on_conflict_do_update(index_elements=["uri"], set_=values)
+                image_id = conn.execute(statement.returning(Image.id)).scalar_one()
+                if record.ok:
+                    blob = np.ascontiguousarray(record.vector, dtype="<f4").tobytes()
+                    upsert = sqlite_insert(Vector).values(image_id=image_id, vector=blob)
+                    conn.execute(
+                        upsert.on_conflict_do_update(
+                            index_elements=["image_id"], set_={"vector": blob}
+                        )
+                    )
+                else:
+                    conn.execute(delete(Vector).where(Vector.image_id == image_id))
+            return seq
+
+    def delete_images(self, ids: list[int]) -> int:
+        """Delete images by id, leaving tombstones so the FAISS index can follow."""
+        if not ids:
+            return self.change_seq()
+        with self._write() as conn:
+            seq = _bump_seq(conn)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                conn.execute(delete(Vector).where(Vector.image_id.in_(chunk)))
+                conn.execute(delete(Image).where(Image.id.in_(chunk)))
+                _tombstone(conn, chunk, seq)
+            return seq
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        ids = list(ids)
+        out: dict[int, ImageRow] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = select(
+                    Image.id,
+                    Image.uri,
+                    Image.width,
+                    Image.height,
+                    Image.format,
+                    Image.status,
+                    Image.error,
+                ).where(Image.id.in_(ids[start : start + 500]))
+                for row in conn.execute(query):
+                    out[row.id] = ImageRow(*row)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = dict(
+                conn.execute(select(Image.status, func.count()).group_by(Image.status)).all()
+            )
+            vectors = conn.execute(select(func.count()).select_from(Vector)).scalar_one()
+        return {"ok": rows.get("ok", 0), "failed": rows.get("failed", 0), "vectors": vectors}
+
+    def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
+        query = select(Image.uri, Image.error).where(Image.status == "failed").order_by(Image.uri)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [(uri, error or "") for uri, error in conn.execute(query)]
+
+    # -- vectors ---------------------------------------------------------------------------
+
+    def iter_vectors(
+        self, chunk: int = 65536, since_seq: int | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (ids int64, vectors float32 N x d) over live vectors, in id order, in chunks.
+
+        Reads through the raw sqlite3 connection: this is the hot path of rebuilds and
+        classification, and row objects would cost more than the matrix product.
+        """
+        dim = self._dim()
+        sql = "SELECT v.image_id, v.vector FROM vectors v"
+        params: tuple = ()
+        if since_seq is not None:
+            sql += " JOIN images i ON i.id = v.image_id WHERE i.seq > ?"
+            params = (since_seq,)
+        sql += " ORDER BY v.image_id"
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(sql, params)
+            while True:
+                rows = cursor.fetchmany(chunk)
+                if not rows:
+                    break
+                ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+                vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4")
+                yield ids, vectors.reshape(len(rows), dim).astype(np.float32, copy=False)
+        finally:
+            raw.close()
+
+    def changed_since(self, seq: int) -> tuple[list[int], list[int]]:
+        """Ids deleted and ids rewritten after change sequence `seq`."""
+        with self.engine.connect() as conn:
+            deleted = list(
+                conn.execute(select(Tombstone.image_id).where(Tombstone.seq > seq)).scalars()
+            )
+            rewritten = list(conn.execute(select(Image.id).where(Image.seq > seq)).scalars())
+        return deleted, rewritten
+
+    def _dim(self) -> int:
+        identity = self.model_identity()
+        if identity is None:
+            raise CatalogError("the index has no model yet; index some images first")
+        return identity.dim
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _write(self):
+        if self.read_only:
+            raise IndexReadOnlyError(f"index folder {self.folder} is read-only")
+        return _WriteScope(self)
+
+
+class _WriteScope:
+    """engine.begin() that turns SQLite's write failures into typed errors."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.context = catalog.engine.begin()
+
+    def __enter__(self) -> Connection:
+        try:
+            return self.context.__enter__()
+        except DatabaseError as exc:
+            raise _database_error(self.catalog.path, exc) from exc
+
+    def __exit__(self, *exc_info) -> bool:
+        try:
+            return bool(self.context.__exit__(*exc_info))
+        except DatabaseError as exc:
+            raise _database_error(self.catalog.path, exc) from exc
+
+
+def _make_engine(path: Path, read_only: bool) -> Engine:
+    if read_only:
+        url = f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
+    else:
+        url = f"sqlite:///{path}"
+    engine = create_engine(url)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: sqlite3.Connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        if not read_only:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    return engine
+
+
+def _database_error(path: Path, exc: DatabaseError) -> Exception:
+    message = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+    if "readonly" in message or "read-only" in message:
+        return IndexReadOnlyError(f"index {path.parent} is read-only ({message})")
+    if "disk is full" in message or "database or disk is full" in message:
+        return CatalogError(f"disk full while writing {path}; free space and run again")
+    if isinstance(exc, OperationalError) and "unable to open" in message:
+        return IndexReadOnlyError(f"cannot open {path} ({message})")
+    return CatalogError(f"{path}: {message}")
+
+
+def _get_meta(conn: Connection, key: str) -> str | None:
+    return conn.execute(select(Meta.value).where(Meta.key == key)).scalar()
+
+
+def _set_meta(conn: Connection, key: str, value: str) -> None:
+    statement = sqlite_insert(Meta).values(key=key, value=value)
+    conn.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
+
+
+def _bump_seq(conn: Connection) -> int:
+    seq = int(_get_meta(conn, "change_seq") or 0) + 1
+    _set_meta(conn, "change_seq", str(seq))
+    return seq
+
+
+def _tombstone(conn: Connection, ids: list[int], seq: int) -> None:
+    if ids:
+        statement = sqlite_insert(Tombstone).on_conflict_do_update(
+            index_elements=["image_id"], set_={"seq": seq}
+        )
+        conn.execute(statement, [{"image_id": i, "seq": seq} for i in ids])
