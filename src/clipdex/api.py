@@ -7,7 +7,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .embedding import RANDOM_WEIGHTS, Embedder, ModelIdentity, ModelSpec, resolve_weights
+from .embedding import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    NO_WEIGHTS,
+    RANDOM_WEIGHTS,
+    TINY_MODEL,
+    Embedder,
+    ModelIdentity,
+    ModelSpec,
+    resolve_weights,
+)
 from .errors import IndexNotFoundError, IndexReadOnlyError, ModelMismatchError
 from .indexer.run import IndexReport, RunOptions, index_source
 from .indexer.sources import LocalSource
@@ -85,15 +95,13 @@ class Index:
         return self.catalog.model_identity()
 
     def embedder(self, spec: ModelSpec | None = None) -> Embedder:
-        """The index's own model (or `spec`, which must match it)."""
+        """The index's own model (or `spec`, which must match it); the default for a new one."""
         stored = self.catalog.model_identity()
         if spec is None:
-            if stored is None:
-                raise IndexNotFoundError(f"the index at {self.folder} has no images yet")
-            spec = spec_for(stored)
+            spec = spec_for(stored) if stored is not None else ModelSpec()
         elif stored is not None:
             _check_same_model(stored, spec)
-        if self._embedder is None or self._embedder.spec != spec:
+        if self._embedder is None or not _same_model(self._embedder.identity, spec):
             self._embedder = Embedder(spec, self.device, self.precision)
         return self._embedder
 
@@ -148,6 +156,7 @@ class Index:
         batch_size: int = 64,
         workers: int = 2,
         include_hidden: bool = False,
+        allow_empty: bool = False,
         wait: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
@@ -160,25 +169,20 @@ class Index:
         lock.acquire(wait=wait)
         try:
             self.close_readers()
-            catalog = Catalog(self.folder)
-            self._catalog = catalog
+            catalog = self._catalog = Catalog(self.folder)
             stored = catalog.model_identity()
             if stored is not None and model is not None and not _same_model(stored, model):
                 if not rebuild:
                     _check_same_model(stored, model)
                 catalog.reset()
-                stored = None
-            embedder = self.embedder(model)
-            catalog.claim_model(embedder.identity)
-            vectors, self._load_report = VectorIndex.open(self.folder, catalog)
-            self._vectors = vectors
-            if vectors.dim != embedder.identity.dim:
-                vectors = self._vectors = VectorIndex.rebuild(catalog)
-            options = RunOptions(rebuild=rebuild, batch_size=batch_size, workers=workers)
+            options = RunOptions(
+                rebuild=rebuild, batch_size=batch_size, workers=workers, allow_empty=allow_empty
+            )
             return index_source(
-                self.folder, catalog, vectors, embedder, source, options, on_progress
+                self.folder, catalog, source, lambda: self.embedder(model), options, on_progress
             )
         finally:
+            self.close_readers()
             lock.release()
 
     def _prepare_folder(self) -> None:
@@ -225,8 +229,18 @@ def spec_for(identity: ModelIdentity) -> ModelSpec:
 
 
 def _same_model(stored: ModelIdentity, spec: ModelSpec) -> bool:
+    if stored.name != spec.name:
+        return False
+    pretrained = spec.pretrained
+    if pretrained is None:
+        pretrained = {DEFAULT_MODEL: DEFAULT_PRETRAINED, TINY_MODEL: "none"}.get(spec.name)
+    if spec.checkpoint is None and pretrained is not None:
+        # Decided without importing open_clip: a re-run names the model it built with.
+        asked = RANDOM_WEIGHTS if pretrained.lower() in NO_WEIGHTS else pretrained
+        if asked == stored.weights:
+            return True
     _, weights = resolve_weights(spec)
-    return stored.name == spec.name and stored.weights == weights
+    return stored.weights == weights
 
 
 def _check_same_model(stored: ModelIdentity, spec: ModelSpec) -> None:

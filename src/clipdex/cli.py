@@ -127,7 +127,13 @@ def _spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
 @index_option
 @model_options
 @click.option("--rebuild", is_flag=True, help="Re-embed every file (and allow a new model).")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="Images embedded per batch (and per catalog transaction).",
+)
 @click.option(
     "--workers",
     type=click.IntRange(0, 64),
@@ -136,6 +142,11 @@ def _spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
     help="Decoding processes (0: decode in the main process).",
 )
 @click.option("--include-hidden", is_flag=True, help="Also index hidden and system folders.")
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Accept a source without images (forgets what the index held from it).",
+)
 @click.option("--wait", is_flag=True, help="Wait for another writer instead of exiting.")
 @handle_errors
 def index_command(
@@ -150,6 +161,7 @@ def index_command(
     batch_size,
     workers,
     include_hidden,
+    allow_empty,
     wait,
 ) -> None:
     """Index image folders (or single files) into the index.
@@ -174,6 +186,7 @@ def index_command(
                     batch_size=batch_size,
                     workers=workers,
                     include_hidden=include_hidden,
+                    allow_empty=allow_empty,
                     wait=wait,
                     on_progress=progress,
                 )
@@ -197,7 +210,13 @@ def index_command(
 @click.option("--min-score", type=float, default=None, help="Drop results below this cosine.")
 @index_option
 @format_option(SEARCH_FORMATS)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where the query is embedded.",
+)
 @handle_errors
 def search_command(query, image, k, min_score, index_dir, fmt, device) -> None:
     """Find the images nearest to a text or an example image.

@@ -251,7 +251,7 @@ def _create_model(name: str, pretrained: str | None, device: str, precision: str
                 )
     except FileNotFoundError as exc:
         raise ModelLoadError(f"cannot load model {name}: {exc}") from exc
-    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+    except (RuntimeError, ValueError, OSError, KeyError, AssertionError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "download" in message.lower() or "hub" in message.lower():
             raise ModelLoadError(

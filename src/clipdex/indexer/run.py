@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..embedding import Embedder
+from ..errors import SourceError
 from ..storage.catalog import Catalog, ImageRecord
 from ..storage.vectors import VectorIndex
 from .decode import DEFAULT_MAX_PIXELS
 from .pipeline import Batch, decode_batches
 from .sources import LocalSource
-from .sync import ProgressCallback, plan_sync
+from .sync import ProgressCallback, SyncPlan, plan_sync
 
 #: Seconds between saves of the FAISS file during a long run (readers then catch up less).
 SAVE_EVERY_S = 60.0
@@ -45,57 +47,52 @@ class RunOptions:
     batch_size: int = 64
     workers: int = 2
     max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_empty: bool = False
 
 
 def index_source(
     folder: Path,
     catalog: Catalog,
-    vectors: VectorIndex,
-    embedder: Embedder,
     source: LocalSource,
+    get_embedder: Callable[[], Embedder],
     options: RunOptions,
     on_progress: ProgressCallback | None = None,
 ) -> IndexReport:
     """Bring the catalog and the FAISS index in step with one source.
 
-    Each batch is committed to the catalog in one transaction, then mirrored into the
-    in-memory FAISS index; the FAISS file is saved every SAVE_EVERY_S and at the end.
-    A crash loses at most the batch in flight: the next run sees the committed rows as
-    unchanged and the FAISS file catches up from the catalog when it is opened.
+    The model is loaded only when something needs embedding. Each batch is committed to
+    the catalog in one transaction, then mirrored into the in-memory FAISS index; the FAISS
+    file is saved every SAVE_EVERY_S and at the end. A crash loses at most the batch in
+    flight: the next run sees the committed rows as unchanged, and the FAISS file catches
+    up from the catalog when it is opened.
     """
     started = time.perf_counter()
-    source_id = catalog.source_id(source.uri, source.kind)
     plan = plan_sync(source, catalog, options.rebuild, on_progress)
-    catalog.delete_images(plan.removed_ids)
-    vectors.catch_up(catalog)
-
+    if plan.listed == 0 and not options.allow_empty:
+        if plan.removed_ids:
+            raise SourceError(
+                f"{source.uri} has no images now, but the index holds {len(plan.removed_ids)} "
+                "from it; if they were deleted on purpose, run again with --allow-empty"
+            )
+        raise SourceError(f"no images found in {source.uri}")
+    source_id = catalog.source_id(source.uri, source.kind)
+    embedder = None
+    if plan.to_embed:
+        embedder = get_embedder()
+        catalog.claim_model(embedder.identity)
     failed = 0
-    done = 0
-    last_save = time.monotonic()
-    total = len(plan.to_embed)
-    if on_progress:
-        on_progress("embed", 0, total)
-    try:
-        for batch in decode_batches(
-            plan.to_embed,
-            embedder.preprocess,
-            options.batch_size,
-            options.workers,
-            options.max_pixels,
-        ):
-            records = _embed(embedder, batch)
-            failed += sum(1 for record in records if not record.ok)
-            catalog.write_batch(source_id, records)
-            vectors.catch_up(catalog)
-            done += len(records)
-            if on_progress:
-                on_progress("embed", done, total)
-            if time.monotonic() - last_save > SAVE_EVERY_S:
+    if embedder is not None or plan.removed_ids:
+        vectors, _ = VectorIndex.open(folder, catalog)
+        catalog.delete_images(plan.removed_ids)
+        vectors.catch_up(catalog)
+        try:
+            if embedder is not None:
+                failed = _embed_all(
+                    folder, catalog, vectors, embedder, source_id, plan, options, on_progress
+                )
+        finally:
+            if vectors.dirty:
                 vectors.save(folder)
-                last_save = time.monotonic()
-    finally:
-        if vectors.dirty:
-            vectors.save(folder)
     catalog.mark_source_indexed(source_id)
     return IndexReport(
         source=source.uri,
@@ -106,6 +103,42 @@ def index_source(
         failed=failed,
         seconds=time.perf_counter() - started,
     )
+
+
+def _embed_all(
+    folder: Path,
+    catalog: Catalog,
+    vectors: VectorIndex,
+    embedder: Embedder,
+    source_id: int,
+    plan: SyncPlan,
+    options: RunOptions,
+    on_progress: ProgressCallback | None,
+) -> int:
+    """Decode, embed and commit the plan's files batch by batch; return how many failed."""
+    failed = done = 0
+    last_save = time.monotonic()
+    total = len(plan.to_embed)
+    if on_progress:
+        on_progress("embed", 0, total)
+    for batch in decode_batches(
+        plan.to_embed,
+        embedder.preprocess,
+        options.batch_size,
+        options.workers,
+        options.max_pixels,
+    ):
+        records = _embed(embedder, batch)
+        failed += sum(1 for record in records if not record.ok)
+        catalog.write_batch(source_id, records)
+        vectors.catch_up(catalog)
+        done += len(records)
+        if on_progress:
+            on_progress("embed", done, total)
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+            vectors.save(folder)
+            last_save = time.monotonic()
+    return failed
 
 
 def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:

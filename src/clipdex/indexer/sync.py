@@ -16,6 +16,7 @@ class SyncPlan:
     """The work an index run has to do for one source."""
 
     to_embed: list[FileEntry] = field(default_factory=list)
+    listed: int = 0
     new: int = 0
     changed: int = 0
     unchanged: int = 0
@@ -53,5 +54,6 @@ def plan_sync(
             plan.unchanged += 1
     if on_progress:
         on_progress("scan", listed, listed)
+    plan.listed = listed
     plan.removed_ids = [row.id for row in known.values()]
     return plan

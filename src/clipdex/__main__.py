@@ -1,0 +1,5 @@
+"""`python -m clipdex` runs the CLI."""
+
+from .cli import main
+
+main()

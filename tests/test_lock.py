@@ -1,0 +1,22 @@
+"""One writer at a time: a second `clipdex index` exits at once, naming the writer."""
+
+from __future__ import annotations
+
+import os
+
+from clipdex.storage.lock import WriterLock
+from conftest import TINY, run_cli
+
+
+def test_second_writer_is_refused_while_first_holds_the_lock(runner, images, index_dir):
+    run_cli(runner, "index", str(images), *TINY)
+    lock = WriterLock(index_dir)
+    lock.acquire()
+    try:
+        result = run_cli(runner, "index", str(images), expect=1)
+        assert f"index is being updated by process {os.getpid()}" in result.stderr
+        # readers are not blocked by a writer
+        assert run_cli(runner, "search", "x", "-k", "2", "--format", "paths").stdout.count("\n") == 2
+    finally:
+        lock.release()
+    assert "50 unchanged" in run_cli(runner, "index", str(images)).stdout
