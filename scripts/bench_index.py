@@ -51,9 +51,21 @@ def main() -> None:
         photos.mkdir()
         write_photos(photos, args.images, width, height)
         command = [
-            sys.executable, "-m", "clipdex", "index", str(photos), "--index", str(index),
-            "--model", args.model, "--batch-size", str(args.batch_size),
-            "--workers", str(args.workers), "--precision", args.precision,
+            sys.executable,
+            "-m",
+            "clipdex",
+            "index",
+            str(photos),
+            "--index",
+            str(index),
+            "--model",
+            args.model,
+            "--batch-size",
+            str(args.batch_size),
+            "--workers",
+            str(args.workers),
+            "--precision",
+            args.precision,
         ]
         if args.pretrained:
             command += ["--pretrained", args.pretrained]

@@ -101,8 +101,9 @@ def test_search_without_an_index(runner, index_dir):
 def test_unknown_model_and_tag(runner, images):
     result = run_cli(runner, "index", str(images), "--model", "NoSuchNet", expect=1)
     assert_one_line_error(result, "unknown model architecture 'NoSuchNet'")
-    result = run_cli(runner, "index", str(images), "--model", "ViT-B-32", "--pretrained", "x",
-                     expect=1)
+    result = run_cli(
+        runner, "index", str(images), "--model", "ViT-B-32", "--pretrained", "x", expect=1
+    )
     assert_one_line_error(result, "unknown pretrained tag 'x'", "openai")
 
 
@@ -143,8 +144,13 @@ def test_read_only_index_folder(runner, images, index_dir, tmp_path):
         f"{cli} search 'a dog' -k 3 --format paths --index '{index_dir}'; echo exit=$?"
     )
     if how == "mount":
-        command = ["unshare", "-m", "sh", "-c",
-                   f"mount --bind -o ro '{index_dir}' '{index_dir}' && {script}"]
+        command = [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            f"mount --bind -o ro '{index_dir}' '{index_dir}' && {script}",
+        ]
     else:
         index_dir.chmod(0o555)
         command = ["sh", "-c", script]

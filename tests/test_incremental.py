@@ -59,10 +59,14 @@ def test_faiss_file_deleted_or_corrupt_is_rebuilt_from_catalog(runner, images, i
     run_cli(runner, "index", str(images), *TINY)
     expected = json.loads(run_cli(runner, "search", "x", "-k", "7", "--format", "json").stdout)
     (index_dir / INDEX_FILE).unlink()
-    assert json.loads(run_cli(runner, "search", "x", "-k", "7", "--format", "json").stdout) == expected
+    assert (
+        json.loads(run_cli(runner, "search", "x", "-k", "7", "--format", "json").stdout) == expected
+    )
     (index_dir / INDEX_FILE).write_bytes(b"garbage")
     (index_dir / SIDECAR_FILE).write_text('{"type": "flat", "dim": 64, "seq": 1, "ntotal": 5}')
-    assert json.loads(run_cli(runner, "search", "x", "-k", "7", "--format", "json").stdout) == expected
+    assert (
+        json.loads(run_cli(runner, "search", "x", "-k", "7", "--format", "json").stdout) == expected
+    )
     status = run_cli(runner, "status").stdout
     assert "50 vectors" in status and "rebuilt" in status
 

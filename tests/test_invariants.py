@@ -78,8 +78,9 @@ def test_search_equals_brute_force_top_k(runner, tmp_path, index_dir):
         expected = [uris[i] for i in np.argsort(-scores)[:15]]
         hits = index.search(text, k=15)
         assert [hit.uri for hit in hits] == expected
-        np.testing.assert_allclose([hit.score for hit in hits], np.sort(scores)[::-1][:15],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            [hit.score for hit in hits], np.sort(scores)[::-1][:15], atol=1e-5
+        )
     index.close()
 
 
@@ -105,8 +106,9 @@ def test_faiss_and_catalog_agree_after_deletes(runner, images, index_dir):
 def test_another_model_is_refused_with_both_names(runner, images, index_dir):
     run_cli(runner, "index", str(images), *TINY)
     before = stored(index_dir)
-    result = run_cli(runner, "index", str(images), "--model", "RN50", "--pretrained", "none",
-                     expect=1)
+    result = run_cli(
+        runner, "index", str(images), "--model", "RN50", "--pretrained", "none", expect=1
+    )
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1
     assert "clipdex-tiny" in message and "RN50" in message and "--rebuild" in message
@@ -118,8 +120,18 @@ def test_rebuild_with_another_model_starts_over(runner, tmp_path, index_dir):
     folder = tmp_path / "p"
     make_images(folder, 4)
     run_cli(runner, "index", str(folder), *TINY)
-    run_cli(runner, "index", str(folder), "--model", "RN50", "--pretrained", "none",
-            "--rebuild", "--batch-size", "4")
+    run_cli(
+        runner,
+        "index",
+        str(folder),
+        "--model",
+        "RN50",
+        "--pretrained",
+        "none",
+        "--rebuild",
+        "--batch-size",
+        "4",
+    )
     data = json.loads(run_cli(runner, "status", "--format", "json").stdout)
     assert data["model"]["name"] == "RN50" and data["model"]["dim"] == 1024
     assert data["images"] == 4 and data["index_vectors"] == 4

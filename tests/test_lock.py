@@ -16,7 +16,9 @@ def test_second_writer_is_refused_while_first_holds_the_lock(runner, images, ind
         result = run_cli(runner, "index", str(images), expect=1)
         assert f"index is being updated by process {os.getpid()}" in result.stderr
         # readers are not blocked by a writer
-        assert run_cli(runner, "search", "x", "-k", "2", "--format", "paths").stdout.count("\n") == 2
+        assert (
+            run_cli(runner, "search", "x", "-k", "2", "--format", "paths").stdout.count("\n") == 2
+        )
     finally:
         lock.release()
     assert "50 unchanged" in run_cli(runner, "index", str(images)).stdout

@@ -29,12 +29,12 @@ def test_checkpoint_identity_is_its_sha256_and_it_loads(runner, tmp_path, index_
     torch.save({"state_dict": reference.model.state_dict()}, checkpoint)
     loaded = Embedder(ModelSpec("clipdex-tiny", checkpoint=str(checkpoint)), precision="fp32")
     assert loaded.identity.weights.startswith("sha256:") and len(loaded.identity.weights) == 71
-    np.testing.assert_allclose(loaded.encode_texts(["x"]), reference.encode_texts(["x"]),
-                               atol=1e-6)
+    np.testing.assert_allclose(loaded.encode_texts(["x"]), reference.encode_texts(["x"]), atol=1e-6)
     folder = tmp_path / "p"
     make_images(folder, 3)
-    run_cli(runner, "index", str(folder), "--model", "clipdex-tiny", "--checkpoint",
-            str(checkpoint))
+    run_cli(
+        runner, "index", str(folder), "--model", "clipdex-tiny", "--checkpoint", str(checkpoint)
+    )
     data = json.loads(run_cli(runner, "status", "--format", "json").stdout)
     assert data["model"]["weights"] == loaded.identity.weights
     # a later search loads the same checkpoint from the path the catalog recorded

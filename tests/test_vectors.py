@@ -20,7 +20,7 @@ def test_search_is_exact_and_removal_is_by_id():
     index = VectorIndex(16)
     index.add(ids, data)
     query = unit_rows(1, seed=9)[0]
-    scores, found = index.search(query[None], 10)
+    _, found = index.search(query[None], 10)
     expected = ids[np.argsort(-(data @ query))[:10]]
     assert found[0].tolist() == expected.tolist()
     assert index.remove(expected[:3].tolist()) == 3

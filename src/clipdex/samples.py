@@ -72,7 +72,9 @@ def draw_shape(colour: str, shape: str, size: int = 128, seed: int = 0):
     return image
 
 
-def write_samples(folder: str | Path, count: int = 200, seed: int = 0, size: int = 128) -> list[Sample]:
+def write_samples(
+    folder: str | Path, count: int = 200, seed: int = 0, size: int = 128
+) -> list[Sample]:
     """Write `count` PNGs named colour-shape-NNNN.png into `folder`; return what each shows."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
