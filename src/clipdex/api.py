@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .embedding import (
@@ -18,12 +18,21 @@ from .embedding import (
     ModelSpec,
     resolve_weights,
 )
-from .errors import IndexNotFoundError, IndexReadOnlyError, ModelMismatchError
+from .errors import IndexNotFoundError, IndexReadOnlyError, ModelMismatchError, QueryError
 from .indexer.run import IndexReport, RunOptions, index_source
 from .indexer.sources import LocalSource
 from .indexer.sync import ProgressCallback
+from .search.labels import LabelSet
 from .search.query import SearchResult, query_vector, search_vectors
+from .search.zero_shot import (
+    Classification,
+    ClassifyOptions,
+    build_label_matrix,
+    classify_index,
+    nearest_per_label,
+)
 from .storage.catalog import CATALOG_FILE, Catalog
+from .storage.labels import LabelStore
 from .storage.lock import WriterLock
 from .storage.vectors import INDEX_FILE, INDEX_TYPE_FLAT, LoadReport, VectorIndex
 
@@ -49,6 +58,8 @@ class IndexStatus:
     sources: list[tuple[str, str, float | None, int]]
     failures: list[tuple[str, str]]
     index_load: LoadReport | None
+    classify_run: int | None = None
+    label_counts: list[tuple[str, int]] = field(default_factory=list)
 
 
 class Index:
@@ -112,23 +123,71 @@ class Index:
         image: str | Path | None = None,
         k: int = 10,
         min_score: float | None = None,
+        label: str | None = None,
     ) -> list[SearchResult]:
-        """Nearest images to a text, an image file, or both, best first (cosine scores)."""
-        from .errors import QueryError
+        """Nearest images to a text, an image file, or both, best first (cosine scores).
 
+        `label` restricts the search to images whose top label it is in the latest
+        classification run that has that label.
+        """
         if k < 1:
             raise QueryError(f"k must be at least 1 (got {k})")
         if text is not None and not text.strip():
             raise QueryError("the query text is empty")
         vectors = self.vectors
+        among = None
+        if label is not None:
+            among = LabelStore(self.catalog).ids_with_label(label)
+            if len(among) == 0:
+                raise QueryError(
+                    f"no image is labelled '{label}'; label images first with `clipdex classify`"
+                )
         query = query_vector(self.embedder(), text, image)
-        return search_vectors(self.catalog, vectors, query, k, min_score)
+        return search_vectors(self.catalog, vectors, query, k, min_score, among)
+
+    def classify(
+        self,
+        labels: LabelSet,
+        options: ClassifyOptions | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Classification:
+        """Give every image its nearest label(s); saved as a run unless options.save is False."""
+        options = options or ClassifyOptions()
+        if options.save:
+            self._require_writable()
+        return classify_index(
+            self.catalog, self.vectors, self.embedder(), labels, options, on_progress
+        )
+
+    def nearest_per_label(
+        self, labels: LabelSet, k: int, templates: str = "openai"
+    ) -> dict[str, list[SearchResult]]:
+        """The k images nearest to each label's vector, best first."""
+        if k < 1:
+            raise QueryError(f"--per-label must be at least 1 (got {k})")
+        vectors = self.vectors
+        _, matrix = build_label_matrix(self.embedder(), labels, templates)
+        found = nearest_per_label(vectors, matrix, k)
+        rows = self.catalog.images(i for hits in found for i, _ in hits)
+        return {
+            name: [
+                SearchResult(i, rows[i].uri, s, rows[i].width, rows[i].height)
+                for i, s in hits
+                if i in rows
+            ]
+            for name, hits in zip(labels.names, found, strict=True)
+        }
+
+    def label_counts(self) -> tuple[int | None, list[tuple[str, int]]]:
+        """(latest classification run, [(label, images whose top label it is)])."""
+        return LabelStore(self.catalog).latest_counts()
 
     def status(self, failures: int | None = 20) -> IndexStatus:
         catalog = self.catalog
         counts = catalog.counts()
         index_file = self.folder / INDEX_FILE
         vectors = self.vectors if catalog.model_identity() is not None else None
+        run_id, label_counts = self.label_counts()
         return IndexStatus(
             folder=str(self.folder),
             model=catalog.model_identity(),
@@ -143,6 +202,8 @@ class Index:
             sources=catalog.sources(),
             failures=catalog.failures(failures),
             index_load=self._load_report,
+            classify_run=run_id,
+            label_counts=label_counts,
         )
 
     # -- writing ---------------------------------------------------------------------------
@@ -184,6 +245,10 @@ class Index:
         finally:
             self.close_readers()
             lock.release()
+
+    def _require_writable(self) -> None:
+        if not _writable(self.folder):
+            raise IndexReadOnlyError(f"index folder {self.folder} is read-only")
 
     def _prepare_folder(self) -> None:
         try:

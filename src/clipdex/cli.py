@@ -6,100 +6,19 @@ become one line and exit code 1; usage errors exit 2, as click does.
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from .cli_output import FORMATS, SEARCH_FORMATS, write_rows
-
-INDEX_HELP = "Index folder (default ./.clipdex)."
-
-
-def index_option(func: Callable) -> Callable:
-    return click.option(
-        "--index",
-        "index_dir",
-        envvar="CLIPDEX_INDEX",
-        default=".clipdex",
-        show_envvar=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help=INDEX_HELP,
-    )(func)
-
-
-def format_option(choices: tuple[str, ...] = FORMATS) -> Callable:
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(choices),
-        default="table",
-        show_default=True,
-        help="Output format.",
-    )
-
-
-def model_options(func: Callable) -> Callable:
-    """--model, --pretrained, --checkpoint, --device, --precision, declared once."""
-    options = [
-        click.option(
-            "--model",
-            "-m",
-            default=None,
-            envvar="CLIPDEX_MODEL",
-            help="open_clip architecture or hf-hub: name "
-            "[default: the index's model, else ViT-B-32-256].",
-        ),
-        click.option(
-            "--pretrained",
-            default=None,
-            help="Weights tag (see `clipdex models`), or 'none' for random weights.",
-        ),
-        click.option(
-            "--checkpoint",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help="Local checkpoint file for --model (loaded weights-only).",
-        ),
-        click.option(
-            "--device",
-            type=click.Choice(["auto", "cpu", "cuda"]),
-            default="auto",
-            show_default=True,
-            help="Where the model runs.",
-        ),
-        click.option(
-            "--precision",
-            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-            default="auto",
-            show_default=True,
-            help="auto: fp16 on CUDA, bf16 on CPUs that support it, else fp32.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def handle_errors(func: Callable) -> Callable:
-    """Turn library errors into one line on stderr and a non-zero exit."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import ClipdexError
-
-        try:
-            return func(*args, **kwargs)
-        except ClipdexError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted: batches already committed are kept", err=True)
-            sys.exit(130)
-
-    return wrapper
+from .cli_classify import classify_command
+from .cli_options import (
+    format_option,
+    handle_errors,
+    index_option,
+    model_options,
+    runtime_options,
+)
+from .cli_output import SEARCH_FORMATS, write_rows
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -208,33 +127,29 @@ def index_command(
     "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many results."
 )
 @click.option("--min-score", type=float, default=None, help="Drop results below this cosine.")
+@click.option("--label", help="Only images labelled NAME by the latest `clipdex classify`.")
 @index_option
 @format_option(SEARCH_FORMATS)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the query is embedded.",
-)
+@runtime_options
 @handle_errors
-def search_command(query, image, k, min_score, index_dir, fmt, device) -> None:
+def search_command(query, image, k, min_score, label, index_dir, fmt, device, precision) -> None:
     """Find the images nearest to a text or an example image.
 
     \b
     Example:
         clipdex search "a red car" -k 5
         clipdex search --image query.jpg --format paths | xargs open
+        clipdex search "sleeping" --label cat
     """
     from .api import Index
     from .errors import QueryError
 
     if query is None and image is None:
         raise click.UsageError("give a QUERY text or --image FILE")
-    with Index(index_dir, device=device) as index:
+    with Index(index_dir, device=device, precision=precision) as index:
         if query is not None and not query.strip():
             raise QueryError("the query text is empty")
-        results = index.search(query, image=image, k=k, min_score=min_score)
+        results = index.search(query, image=image, k=k, min_score=min_score, label=label)
     rows = [dict(rank=rank, **hit.as_dict()) for rank, hit in enumerate(results, 1)]
     columns = (
         ("rank", "score", "uri")
@@ -294,6 +209,9 @@ def models_command(fmt, show_all) -> None:
             default = name == DEFAULT_MODEL and tag == DEFAULT_PRETRAINED
             rows.append({"model": name, "pretrained": tag, "default": "yes" if default else ""})
     write_rows(rows, ("model", "pretrained", "default"), fmt)
+
+
+cli.add_command(classify_command)
 
 
 def main() -> None:

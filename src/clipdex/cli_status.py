@@ -19,6 +19,7 @@ def print_status(status: IndexStatus, fmt: str) -> None:
             for uri, kind, at, count in status.sources
         ]
         data["failures"] = [{"uri": uri, "error": error} for uri, error in status.failures]
+        data["label_counts"] = dict(status.label_counts)
         if status.model is not None:
             data["model"] = {
                 "name": status.model.name,
@@ -44,6 +45,9 @@ def print_status(status: IndexStatus, fmt: str) -> None:
     for uri, kind, at, count in status.sources:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else "never finished"
         lines.append(f"  {uri}  ({kind}, {count} files, indexed {when})")
+    if status.classify_run is not None:
+        lines.append(f"labels (classification run {status.classify_run}):")
+        lines.extend(f"  {label}: {count}" for label, count in status.label_counts)
     if status.failures:
         shown = len(status.failures)
         lines.append(

@@ -61,11 +61,12 @@ def search_vectors(
     query: np.ndarray,
     k: int = 10,
     min_score: float | None = None,
+    among: np.ndarray | None = None,
 ) -> list[SearchResult]:
-    """The k nearest live images to a unit query vector, best first."""
+    """The k nearest live images to a unit query vector, best first (only `among` ids)."""
     if k < 1:
         raise QueryError(f"k must be at least 1 (got {k})")
-    scores, ids = vectors.search(query[None, :], k)
+    scores, ids = vectors.search(query[None, :], k, among)
     pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
     if min_score is not None:
         pairs = [(i, s) for i, s in pairs if s >= min_score]

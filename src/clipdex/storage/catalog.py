@@ -16,7 +16,18 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 
 from ..embedding import ModelIdentity
 from ..errors import CatalogError, IndexReadOnlyError, ModelMismatchError
-from .schema import MIGRATIONS, SCHEMA_VERSION, Base, Image, Meta, Source, Tombstone, Vector
+from .schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Assignment,
+    Base,
+    ClassifyRun,
+    Image,
+    Meta,
+    Source,
+    Tombstone,
+    Vector,
+)
 
 CATALOG_FILE = "catalog.sqlite"
 
@@ -80,10 +91,13 @@ class Catalog:
     # -- lifecycle -------------------------------------------------------------------------
 
     def _create_or_migrate(self) -> None:
-        Base.metadata.create_all(self.engine)
         with self.engine.begin() as conn:
-            version = _get_meta(conn, "schema_version")
+            fresh = not conn.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
+            ).first()
+            version = None if fresh else _get_meta(conn, "schema_version")
             if version is None:
+                Base.metadata.create_all(conn)
                 _set_meta(conn, "schema_version", str(SCHEMA_VERSION))
                 _set_meta(conn, "change_seq", "0")
                 _set_meta(conn, "created_at", str(time.time()))
@@ -152,6 +166,7 @@ class Catalog:
             seq = _bump_seq(conn)
             ids = list(conn.execute(select(Image.id)).scalars())
             _tombstone(conn, ids, seq)
+            conn.execute(delete(ClassifyRun))
             conn.execute(delete(Vector))
             conn.execute(delete(Image))
             conn.execute(delete(Source))
@@ -224,6 +239,7 @@ class Catalog:
                 statement = sqlite_insert(Image).values(uri=record.uri, **values)
                 statement = statement.on_conflict_do_update(index_elements=["uri"], set_=values)
                 image_id = conn.execute(statement.returning(Image.id)).scalar_one()
+                conn.execute(delete(Assignment).where(Assignment.image_id == image_id))
                 if record.ok:
                     blob = np.ascontiguousarray(record.vector, dtype="<f4").tobytes()
                     upsert = sqlite_insert(Vector).values(image_id=image_id, vector=blob)
@@ -265,6 +281,21 @@ class Catalog:
                 ).where(Image.id.in_(ids[start : start + 500]))
                 for row in conn.execute(query):
                     out[row.id] = ImageRow(*row)
+        return out
+
+    def uris(self, ids: list[int]) -> dict[int, str]:
+        """id -> uri, read in large chunks through the raw connection."""
+        out: dict[int, str] = {}
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            for start in range(0, len(ids), 10_000):
+                chunk = ids[start : start + 10_000]
+                marks = ",".join("?" * len(chunk))
+                cursor.execute(f"SELECT id, uri FROM images WHERE id IN ({marks})", chunk)
+                out.update(cursor.fetchall())
+        finally:
+            raw.close()
         return out
 
     def counts(self) -> dict[str, int]:

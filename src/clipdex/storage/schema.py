@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -87,5 +87,54 @@ class Tombstone(Base):
     seq: Mapped[int] = mapped_column(Integer, index=True)
 
 
+class ClassifyRun(Base):
+    """One `clipdex classify`: its label set, templates and model."""
+
+    __tablename__ = "classify_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    templates: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    labels_key: Mapped[str] = mapped_column(Text, index=True)  # sha256 of labels + prompts
+
+
+class RunLabel(Base):
+    """The labels of a run, by position."""
+
+    __tablename__ = "run_labels"
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("classify_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str] = mapped_column(Text)
+
+
+class Assignment(Base):
+    """An image's rank-th nearest label in a run, with its cosine score and probability."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (
+        Index("ix_assignments_label", "run_id", "position", "rank"),
+        Index("ix_assignments_image", "image_id"),
+    )
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("classify_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)  # -1: below the run's threshold
+    score: Mapped[float] = mapped_column(Float)
+    probability: Mapped[float] = mapped_column(Float)
+
+
+def _add_classification_tables(conn: Connection) -> None:
+    Base.metadata.create_all(
+        conn, tables=[ClassifyRun.__table__, RunLabel.__table__, Assignment.__table__]
+    )
+
+
 #: MIGRATIONS[n] upgrades a catalog from schema version n to n + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_classification_tables}

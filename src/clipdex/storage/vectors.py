@@ -80,15 +80,39 @@ class VectorIndex:
         self.dirty = True
         self._gpu_index = None
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) for each query row; ids are -1 where fewer than k exist."""
+    def vectors(self, chunk: int = 65536):
+        """Yield (ids, vectors) over the whole index, zero-copy views of FAISS's storage.
+
+        The views are valid while the index is not changed.
+        """
+        import faiss
+
+        flat = faiss.downcast_index(self.index.index)
+        ids = self.ids()
+        if len(ids) == 0:
+            return
+        matrix = faiss.rev_swig_ptr(flat.get_xb(), len(ids) * self.dim).reshape(-1, self.dim)
+        for start in range(0, len(ids), chunk):
+            yield ids[start : start + chunk], matrix[start : start + chunk]
+
+    def search(
+        self, queries: np.ndarray, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) for each query row; ids are -1 where fewer than k exist.
+
+        `among` restricts the search to those ids.
+        """
+        import faiss
+
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        k = min(k, self.ntotal)
+        k = min(k, self.ntotal if among is None else len(among))
         if k <= 0:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        scores, ids = self._searcher().search(queries, k)
-        return scores, ids
+        if among is None:
+            return self._searcher().search(queries, k)
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
+        return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))
 
     def _searcher(self):
         """A GPU clone when FAISS sees a GPU; the CPU index stays the master copy."""

@@ -1,0 +1,182 @@
+"""Benchmark: zero-shot assignment over N stored vectors with L labels, versus a bare matmul.
+
+    python scripts/bench_classify.py                  # 1,000,000 x 512-d, 1,000 labels
+    python scripts/bench_classify.py --n 200000       # quicker
+
+Phase 1 (a subprocess) writes a synthetic index: N random unit vectors into the catalog
+(SQLite) and the FAISS file. Phase 2 (a fresh subprocess, so peak memory is its own) opens
+the index as `clipdex classify` does, then times:
+  - bare:   numpy float32 `vectors @ labels.T` over the same vectors, in the same chunks;
+  - assign: clipdex's assignment step (stored vectors -> scores, top label, probability);
+  - save:   writing the N results to the catalog in one transaction.
+and reports peak RSS above the RSS once the vectors are loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(folder: Path, n: int, dim: int) -> None:
+    """A catalog with n images and vectors, and its FAISS file, written directly."""
+    from clipdex.embedding import ModelIdentity
+    from clipdex.storage.catalog import Catalog
+    from clipdex.storage.vectors import VectorIndex
+
+    catalog = Catalog(folder)
+    catalog.claim_model(ModelIdentity("synthetic", "random", dim))
+    source_id = catalog.source_id("/synthetic", "folder")
+    seq = catalog.delete_images([]) + 1
+    rng = np.random.default_rng(0)
+    index = VectorIndex(dim)
+    raw = sqlite3.connect(folder / "catalog.sqlite")
+    raw.execute("PRAGMA synchronous = OFF")
+    for start in range(0, n, 100_000):
+        count = min(100_000, n - start)
+        vectors = rng.standard_normal((count, dim), dtype=np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        ids = np.arange(start + 1, start + count + 1)
+        raw.executemany(
+            "INSERT INTO images (id, source_id, uri, size, mtime_ns, status, seq, indexed_at)"
+            " VALUES (?, ?, ?, 0, 0, 'ok', ?, 0)",
+            [(int(i), source_id, f"/synthetic/{i:07d}.jpg", seq) for i in ids],
+        )
+        raw.executemany(
+            "INSERT INTO vectors (image_id, vector) VALUES (?, ?)",
+            [(int(i), v.tobytes()) for i, v in zip(ids, vectors, strict=True)],
+        )
+        index.add(ids, vectors)
+    raw.execute("UPDATE meta SET value = ? WHERE key = 'change_seq'", (str(seq),))
+    raw.commit()
+    raw.close()
+    index.seq = seq
+    index.save(folder)
+    catalog.close()
+
+
+def measure(folder: Path, labels: int, dim: int) -> dict:
+    from clipdex.search.classify import CHUNK, assign
+    from clipdex.search.labels import LabelSet
+    from clipdex.storage.catalog import Catalog
+    from clipdex.storage.labels import LabelStore
+    from clipdex.storage.vectors import VectorIndex
+
+    started = time.perf_counter()
+    catalog = Catalog(folder)
+    vectors, report = VectorIndex.open(folder, catalog)
+    load_s = time.perf_counter() - started
+    assert report.action == "loaded", report
+    n = vectors.ntotal
+    rng = np.random.default_rng(1)
+    matrix = rng.standard_normal((labels, dim), dtype=np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    baseline = rss_mb()
+
+    started = time.perf_counter()
+    transposed = np.ascontiguousarray(matrix.T)
+    for _, chunk in vectors.vectors(chunk=CHUNK):
+        chunk @ transposed
+    bare_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    results = list(assign(vectors.vectors(), matrix, logit_scale=100.0))
+    assign_s = time.perf_counter() - started
+    peak_above = peak_mb() - baseline
+    assert sum(len(r.ids) for r in results) == n
+
+    store = LabelStore(catalog)
+    run_id = store.create_run(LabelSet([f"label {i}" for i in range(labels)]), "none", "synthetic")
+    started = time.perf_counter()
+    rows = (
+        (image_id, 1, label, score, probability)
+        for r in results
+        for image_id, label, score, probability in zip(
+            r.ids.tolist(),
+            r.labels[:, 0].tolist(),
+            r.scores[:, 0].tolist(),
+            r.probabilities[:, 0].tolist(),
+            strict=True,
+        )
+    )
+    saved = store.save(run_id, rows)
+    save_s = time.perf_counter() - started
+    assert saved == n
+    return {
+        "n": n,
+        "labels": labels,
+        "dim": dim,
+        "load_s": load_s,
+        "bare_per_s": n / bare_s,
+        "assign_per_s": n / assign_s,
+        "ratio": bare_s / assign_s,
+        "save_s": save_s,
+        "vectors_mb": n * dim * 4 / 2**20,
+        "peak_above_mb": peak_above,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--labels", type=int, default=1000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--phase", choices=["build", "measure"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase == "build":
+        build(Path(args.folder), args.n, args.dim)
+        return
+    if args.phase == "measure":
+        print(json.dumps(measure(Path(args.folder), args.labels, args.dim)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        common = [
+            sys.executable,
+            __file__,
+            "--folder",
+            tmp,
+            "--n",
+            str(args.n),
+            "--labels",
+            str(args.labels),
+            "--dim",
+            str(args.dim),
+        ]
+        started = time.perf_counter()
+        subprocess.run([*common, "--phase", "build"], check=True)
+        build_s = time.perf_counter() - started
+        out = subprocess.run(
+            [*common, "--phase", "measure"], check=True, capture_output=True, text=True
+        ).stdout
+    r = json.loads(out)
+    print(
+        f"n={r['n']:,} dim={r['dim']} labels={r['labels']}: "
+        f"bare matmul {r['bare_per_s']:,.0f} images/s, "
+        f"assignment {r['assign_per_s']:,.0f} images/s (ratio {r['ratio']:.2f}), "
+        f"save {r['save_s']:.1f} s, "
+        f"peak memory {r['peak_above_mb']:,.0f} MB above the {r['vectors_mb']:,.0f} MB of vectors; "
+        f"(index load {r['load_s']:.1f} s, synthetic build {build_s:.0f} s)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Label sets: parsed from `--labels a,b,c` or a labels file, validated."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LabelsError
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Label names in order, and the labels that bring their own prompts."""
+
+    names: list[str]
+    prompts: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def parse_labels(text: str) -> LabelSet:
+    """`cat, dog,giant panda` -> three labels. Blank or duplicate labels are errors."""
+    return _validated([part.strip() for part in text.split(",")], {}, "--labels")
+
+
+def read_labels_file(path: str | Path) -> LabelSet:
+    """One label a line; `#` comments and blank lines ignored; `label: prompt | prompt`."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelsError(f"labels file not found: {path}")
+    names: list[str] = []
+    prompts: dict[str, list[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, colon, rest = line.partition(":")
+        name = name.strip()
+        names.append(name)
+        if colon:
+            own = [p.strip() for p in rest.split("|") if p.strip()]
+            if not own:
+                raise LabelsError(f"{path}: label '{name}' has ':' but no prompts after it")
+            prompts[name] = own
+    if not names:
+        raise LabelsError(f"labels file {path} has no labels")
+    return _validated(names, prompts, str(path))
+
+
+def _validated(names: list[str], prompts: dict[str, list[str]], where: str) -> LabelSet:
+    if not names or all(not n for n in names):
+        raise LabelsError(f"no labels given in {where}")
+    if any(not n for n in names):
+        raise LabelsError(f"{where} has a blank label (check for doubled or trailing commas)")
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise LabelsError(f"duplicate labels in {where}: {', '.join(duplicates)}")
+    return LabelSet(names, prompts)
