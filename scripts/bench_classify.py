@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sqlite3
 import subprocess
 import sys
@@ -27,13 +26,19 @@ from pathlib import Path
 import numpy as np
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+def status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset_peak) of this process, in MB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def reset_peak() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM to the current RSS."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
 
 
 def build(folder: Path, n: int, dim: int) -> None:
@@ -89,7 +94,8 @@ def measure(folder: Path, labels: int, dim: int) -> dict:
     rng = np.random.default_rng(1)
     matrix = rng.standard_normal((labels, dim), dtype=np.float32)
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-    baseline = rss_mb()
+    baseline = status_mb("VmRSS")
+    reset_peak()
 
     started = time.perf_counter()
     transposed = np.ascontiguousarray(matrix.T)
@@ -100,7 +106,7 @@ def measure(folder: Path, labels: int, dim: int) -> dict:
     started = time.perf_counter()
     results = list(assign(vectors.vectors(), matrix, logit_scale=100.0))
     assign_s = time.perf_counter() - started
-    peak_above = peak_mb() - baseline
+    peak_above = status_mb("VmHWM") - baseline
     assert sum(len(r.ids) for r in results) == n
 
     store = LabelStore(catalog)

@@ -218,6 +218,7 @@ class Index:
         workers: int = 2,
         include_hidden: bool = False,
         allow_empty: bool = False,
+        verify: bool = False,
         wait: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
@@ -237,7 +238,11 @@ class Index:
                     _check_same_model(stored, model)
                 catalog.reset()
             options = RunOptions(
-                rebuild=rebuild, batch_size=batch_size, workers=workers, allow_empty=allow_empty
+                rebuild=rebuild,
+                batch_size=batch_size,
+                workers=workers,
+                allow_empty=allow_empty,
+                verify=verify,
             )
             return index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress

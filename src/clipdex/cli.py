@@ -66,6 +66,11 @@ def _spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
     is_flag=True,
     help="Accept a source without images (forgets what the index held from it).",
 )
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also re-fingerprint files whose size and mtime did not change.",
+)
 @click.option("--wait", is_flag=True, help="Wait for another writer instead of exiting.")
 @handle_errors
 def index_command(
@@ -81,6 +86,7 @@ def index_command(
     workers,
     include_hidden,
     allow_empty,
+    verify,
     wait,
 ) -> None:
     """Index image folders (or single files) into the index.
@@ -106,12 +112,14 @@ def index_command(
                     workers=workers,
                     include_hidden=include_hidden,
                     allow_empty=allow_empty,
+                    verify=verify,
                     wait=wait,
                     on_progress=progress,
                 )
             click.echo(
                 f"{report.source}: {report.added} added, {report.updated} updated, "
-                f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
+                f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed; "
+                f"{report.embedded} embedded, {report.reused} reused "
                 f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
             )
 

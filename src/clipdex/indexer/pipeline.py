@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ImageDecodeError
 from .decode import DEFAULT_MAX_PIXELS, load_image
+from .fingerprint import fingerprint
 from .sources import FileEntry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,6 +29,7 @@ class Decoded:
     height: int | None = None
     format: str | None = None
     error: str | None = None
+    fingerprint: str | None = None
 
 
 @dataclass
@@ -50,15 +52,16 @@ class _DecodeDataset:
 
     def __getitem__(self, position: int) -> tuple[Decoded, Any]:
         entry = self.entries[position]
+        content = fingerprint(entry.uri, entry.size)
         try:
             image, source_format = load_image(entry.uri, self.max_pixels)
         except ImageDecodeError as exc:
-            return Decoded(entry, error=str(exc)), None
+            return Decoded(entry, error=str(exc), fingerprint=content), None
         try:
             pixels = self.preprocess(image)
         except Exception as exc:  # a transform failing on a legal image is still one file
-            return Decoded(entry, error=f"preprocessing failed: {exc}"), None
-        return Decoded(entry, image.width, image.height, source_format), pixels
+            return Decoded(entry, error=f"preprocessing failed: {exc}", fingerprint=content), None
+        return Decoded(entry, image.width, image.height, source_format, None, content), pixels
 
 
 def _collate(samples: list[tuple[Decoded, Any]]) -> Batch:

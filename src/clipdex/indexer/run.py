@@ -14,7 +14,7 @@ from ..storage.vectors import VectorIndex
 from .decode import DEFAULT_MAX_PIXELS
 from .pipeline import Batch, decode_batches
 from .sources import LocalSource
-from .sync import ProgressCallback, SyncPlan, plan_sync
+from .sync import ProgressCallback, Reuse, SyncPlan, plan_sync
 
 #: Seconds between saves of the FAISS file during a long run (readers then catch up less).
 SAVE_EVERY_S = 60.0
@@ -31,10 +31,11 @@ class IndexReport:
     unchanged: int
     failed: int
     seconds: float
+    reused: int = 0  # new or changed files whose stored vector was reused (moves, copies)
 
     @property
     def embedded(self) -> int:
-        return self.added + self.updated
+        return self.added + self.updated - self.reused
 
     @property
     def images_per_s(self) -> float:
@@ -48,6 +49,7 @@ class RunOptions:
     workers: int = 2
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_empty: bool = False
+    verify: bool = False
 
 
 def index_source(
@@ -67,7 +69,7 @@ def index_source(
     up from the catalog when it is opened.
     """
     started = time.perf_counter()
-    plan = plan_sync(source, catalog, options.rebuild, on_progress)
+    plan = plan_sync(source, catalog, options.rebuild, options.verify, on_progress)
     if plan.listed == 0 and not options.allow_empty:
         if plan.removed_ids:
             raise SourceError(
@@ -81,8 +83,9 @@ def index_source(
         embedder = get_embedder()
         catalog.claim_model(embedder.identity)
     failed = 0
-    if embedder is not None or plan.removed_ids:
+    if embedder is not None or plan.removed_ids or plan.reuse:
         vectors, _ = VectorIndex.open(folder, catalog)
+        _reuse_vectors(catalog, source_id, plan.reuse)  # before the originals may be deleted
         catalog.delete_images(plan.removed_ids)
         vectors.catch_up(catalog)
         try:
@@ -102,7 +105,30 @@ def index_source(
         unchanged=plan.unchanged,
         failed=failed,
         seconds=time.perf_counter() - started,
+        reused=len(plan.reuse),
     )
+
+
+def _reuse_vectors(catalog: Catalog, source_id: int, reuse: list[Reuse]) -> None:
+    """Give moved, copied and touched files the stored vector of the same content."""
+    for start in range(0, len(reuse), 500):
+        records = []
+        for item in reuse[start : start + 500]:
+            vector, width, height, fmt = catalog.copy_of(item.from_id)
+            entry = item.entry
+            records.append(
+                ImageRecord(
+                    uri=entry.uri,
+                    size=entry.size,
+                    mtime_ns=entry.mtime_ns,
+                    vector=vector,
+                    width=width,
+                    height=height,
+                    format=fmt,
+                    fingerprint=item.fingerprint,
+                )
+            )
+        catalog.write_batch(source_id, records)
 
 
 def _embed_all(
@@ -155,6 +181,7 @@ def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:
             height=item.height,
             format=item.format,
             error=item.error,
+            fingerprint=item.fingerprint,
         )
         if item.error is None:
             record.vector = vectors[position]

@@ -1,14 +1,27 @@
-"""Decide what changed between a source and the catalog: new, changed, unchanged, gone."""
+"""Decide what changed between a source and the catalog: new, changed, moved, unchanged, gone."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..storage.catalog import Catalog
+from ..storage.catalog import Catalog, KnownFile
+from .fingerprint import fingerprint
 from .sources import FileEntry, LocalSource
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
+
+#: New or changed files fingerprinted and looked up together.
+LOOKUP_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """A new or changed file whose content the catalog already holds under `from_id`."""
+
+    entry: FileEntry
+    fingerprint: str
+    from_id: int
 
 
 @dataclass
@@ -16,6 +29,7 @@ class SyncPlan:
     """The work an index run has to do for one source."""
 
     to_embed: list[FileEntry] = field(default_factory=list)
+    reuse: list[Reuse] = field(default_factory=list)
     listed: int = 0
     new: int = 0
     changed: int = 0
@@ -27,33 +41,64 @@ def plan_sync(
     source: LocalSource,
     catalog: Catalog,
     rebuild: bool = False,
+    verify: bool = False,
     on_progress: ProgressCallback | None = None,
 ) -> SyncPlan:
     """Compare the source's listing (size + mtime) with what the catalog remembers.
 
     A file whose size and mtime match is unchanged, whether it was embedded or recorded as
-    failed; `rebuild` re-embeds everything. Files the catalog knows under the source but
-    the listing no longer has are to be removed. If listing fails, SourceError propagates
-    and nothing is planned for removal.
+    failed (`verify` also compares its content fingerprint). A new or changed file whose
+    fingerprint matches a stored image (a move, a copy, a touch) reuses that vector;
+    `rebuild` re-embeds everything. Files the catalog knows under the source but the
+    listing no longer has are to be removed. If listing fails, SourceError propagates and
+    nothing is planned for removal.
     """
     known = catalog.known_files(source.prefix, exact=source.is_file)
+    match = not rebuild and catalog.has_fingerprints()
     plan = SyncPlan()
-    listed = 0
+    candidates: list[FileEntry] = []
     for entry in source.entries():
-        listed += 1
-        if on_progress and listed % 1000 == 0:
-            on_progress("scan", listed, None)
+        plan.listed += 1
+        if on_progress and plan.listed % 1000 == 0:
+            on_progress("scan", plan.listed, None)
         previous = known.pop(entry.uri, None)
         if previous is None:
             plan.new += 1
-            plan.to_embed.append(entry)
-        elif rebuild or previous.size != entry.size or previous.mtime_ns != entry.mtime_ns:
+        elif rebuild or _changed(previous, entry, verify):
             plan.changed += 1
-            plan.to_embed.append(entry)
         else:
             plan.unchanged += 1
+            continue
+        if match:
+            candidates.append(entry)
+            if len(candidates) >= LOOKUP_BATCH:
+                _match(catalog, candidates, plan)
+        else:
+            plan.to_embed.append(entry)
+    if candidates:
+        _match(catalog, candidates, plan)
     if on_progress:
-        on_progress("scan", listed, listed)
-    plan.listed = listed
+        on_progress("scan", plan.listed, plan.listed)
     plan.removed_ids = [row.id for row in known.values()]
     return plan
+
+
+def _changed(previous: KnownFile, entry: FileEntry, verify: bool) -> bool:
+    if previous.size != entry.size or previous.mtime_ns != entry.mtime_ns:
+        return True
+    if verify and previous.fingerprint is not None:
+        return fingerprint(entry.uri, entry.size) != previous.fingerprint
+    return False
+
+
+def _match(catalog: Catalog, candidates: list[FileEntry], plan: SyncPlan) -> None:
+    """Split candidates into vectors to reuse (by fingerprint) and files to embed."""
+    prints = {entry.uri: fingerprint(entry.uri, entry.size) for entry in candidates}
+    found = catalog.find_fingerprints([p for p in prints.values() if p is not None])
+    for entry in candidates:
+        content = prints[entry.uri]
+        if content is not None and content in found:
+            plan.reuse.append(Reuse(entry, content, found[content]))
+        else:
+            plan.to_embed.append(entry)
+    candidates.clear()

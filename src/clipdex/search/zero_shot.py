@@ -40,18 +40,16 @@ class Classification:
     def images(self) -> int:
         return sum(len(c.ids) for c in self.chunks)
 
-    def rows(self) -> Iterator[tuple[int, int, int, float, float]]:
-        """(image id, rank, label position, score, probability) for every assignment."""
+    def columns(self) -> Iterator[tuple[np.ndarray, ...]]:
+        """(image ids, ranks, label positions, scores, probabilities) arrays, rank by rank."""
         for chunk in self.chunks:
-            top = chunk.labels.shape[1]
-            for rank in range(top):
-                yield from zip(
-                    chunk.ids.tolist(),
-                    [rank + 1] * len(chunk.ids),
-                    chunk.labels[:, rank].tolist(),
-                    chunk.scores[:, rank].tolist(),
-                    chunk.probabilities[:, rank].tolist(),
-                    strict=True,
+            for rank in range(chunk.labels.shape[1]):
+                yield (
+                    chunk.ids,
+                    np.full(len(chunk.ids), rank + 1),
+                    chunk.labels[:, rank],
+                    chunk.scores[:, rank],
+                    chunk.probabilities[:, rank],
                 )
 
     def records(self, catalog: Catalog) -> Iterator[dict]:
@@ -114,7 +112,7 @@ def classify_index(
     if options.save and result.images:
         if result.run_id is None:
             result.run_id = store.create_run(labels, description, embedder.identity.describe())
-        store.save(result.run_id, result.rows())
+        store.save(result.run_id, result.columns())
     return result
 
 

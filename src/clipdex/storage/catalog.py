@@ -44,6 +44,7 @@ class ImageRecord:
     height: int | None = None
     format: str | None = None
     error: str | None = None
+    fingerprint: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -58,6 +59,7 @@ class KnownFile:
     size: int
     mtime_ns: int
     status: str
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,16 +209,15 @@ class Catalog:
 
     def known_files(self, prefix: str, exact: bool) -> dict[str, KnownFile]:
         """What the catalog holds under a folder prefix (or for one exact uri)."""
-        query = select(Image.uri, Image.id, Image.size, Image.mtime_ns, Image.status)
+        query = select(
+            Image.uri, Image.id, Image.size, Image.mtime_ns, Image.status, Image.fingerprint
+        )
         if exact:
             query = query.where(Image.uri == prefix)
         else:
             query = query.where(Image.uri >= prefix, Image.uri < prefix + "\U0010ffff")
         with self.engine.connect() as conn:
-            return {
-                uri: KnownFile(id, size, mtime_ns, status)
-                for uri, id, size, mtime_ns, status in conn.execute(query)
-            }
+            return {uri: KnownFile(*rest) for uri, *rest in conn.execute(query)}
 
     def write_batch(self, source_id: int, records: Iterable[ImageRecord]) -> int:
         """Insert or update a batch of images and their vectors in one transaction."""
@@ -231,6 +232,7 @@ class Catalog:
                     width=record.width,
                     height=record.height,
                     format=record.format,
+                    fingerprint=record.fingerprint,
                     status="ok" if record.ok else "failed",
                     error=record.error,
                     seq=seq,
@@ -297,6 +299,33 @@ class Catalog:
         finally:
             raw.close()
         return out
+
+    def has_fingerprints(self) -> bool:
+        with self.engine.connect() as conn:
+            query = select(Image.id).where(Image.fingerprint.is_not(None)).limit(1)
+            return conn.execute(query).first() is not None
+
+    def find_fingerprints(self, fingerprints: list[str]) -> dict[str, int]:
+        """fingerprint -> id of a live image with a vector and that fingerprint."""
+        out: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(fingerprints), 500):
+                query = select(Image.fingerprint, Image.id).where(
+                    Image.fingerprint.in_(fingerprints[start : start + 500]),
+                    Image.status == "ok",
+                )
+                out.update(conn.execute(query).all())
+        return out
+
+    def copy_of(self, image_id: int) -> tuple[np.ndarray, int | None, int | None, str | None]:
+        """(vector, width, height, format) of an image, to reuse for a moved or copied file."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Vector.vector, Image.width, Image.height, Image.format)
+                .join(Image, Image.id == Vector.image_id)
+                .where(Vector.image_id == image_id)
+            ).one()
+        return np.frombuffer(row[0], dtype="<f4").copy(), row[1], row[2], row[3]
 
     def counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

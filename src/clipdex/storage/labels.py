@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable
+from itertools import repeat
 
 import numpy as np
 from sqlalchemy import func, insert, select
@@ -66,8 +67,9 @@ class LabelStore:
             ).scalars()
             return np.fromiter(ids, dtype=np.int64)
 
-    def save(self, run_id: int, rows: Iterable[tuple[int, int, int, float, float]]) -> int:
-        """Store (image id, rank, label position, score, probability) rows in one transaction.
+    def save(self, run_id: int, columns: Iterable[tuple[np.ndarray, ...]]) -> int:
+        """Store assignments in one transaction; `columns` yields equal-length arrays
+        (image ids, ranks, label positions, scores, probabilities).
 
         Uses executemany on the raw sqlite3 connection: a million rows in a few seconds.
         """
@@ -82,9 +84,20 @@ class LabelStore:
                 "INSERT OR REPLACE INTO assignments "
                 "(run_id, image_id, rank, position, score, probability) VALUES (?, ?, ?, ?, ?, ?)"
             )
-            for chunk in _chunks(rows, 50_000):
-                cursor.executemany(sql, [(run_id, *row) for row in chunk])
-                count += len(chunk)
+            for ids, ranks, positions, scores, probabilities in columns:
+                cursor.executemany(
+                    sql,
+                    zip(
+                        repeat(run_id, len(ids)),
+                        ids.tolist(),
+                        ranks.tolist(),
+                        positions.tolist(),
+                        scores.tolist(),
+                        probabilities.tolist(),
+                        strict=True,
+                    ),
+                )
+                count += len(ids)
             cursor.execute(
                 "UPDATE classify_runs SET updated_at = ? WHERE id = ?", (time.time(), run_id)
             )
@@ -144,14 +157,3 @@ class LabelStore:
         if counts.get(-1):
             rows.append(("(below threshold)", counts[-1]))
         return run_id, rows
-
-
-def _chunks(rows: Iterable, size: int) -> Iterable[list]:
-    chunk: list = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

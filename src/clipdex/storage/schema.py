@@ -53,6 +53,7 @@ class Image(Base):
     __table_args__ = (
         Index("ix_images_source", "source_id"),
         Index("ix_images_seq", "seq"),
+        Index("ix_images_fingerprint", "fingerprint"),
         {"sqlite_autoincrement": True},  # ids are never reused, so FAISS never confuses two images
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -63,6 +64,8 @@ class Image(Base):
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     format: Mapped[str | None] = mapped_column(String, nullable=True)
+    #: size + SHA-256 of the first and last 64 KiB: finds moved and copied files.
+    fingerprint: Mapped[str | None] = mapped_column(String, nullable=True)
     status: Mapped[str] = mapped_column(String)  # "ok" or "failed"
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     seq: Mapped[int] = mapped_column(Integer)  # change sequence of the last write
@@ -111,18 +114,22 @@ class RunLabel(Base):
 
 
 class Assignment(Base):
-    """An image's rank-th nearest label in a run, with its cosine score and probability."""
+    """An image's rank-th nearest label in a run, with its cosine score and probability.
+
+    WITHOUT ROWID, keyed by image first: the key is the table (one b-tree, not two), a
+    million rows insert in id order, and deleting an image's rows is a key-prefix lookup.
+    """
 
     __tablename__ = "assignments"
     __table_args__ = (
-        Index("ix_assignments_label", "run_id", "position", "rank"),
-        Index("ix_assignments_image", "image_id"),
-    )
-    run_id: Mapped[int] = mapped_column(
-        ForeignKey("classify_runs.id", ondelete="CASCADE"), primary_key=True
+        Index("ix_assignments_label", "run_id", "position"),
+        {"sqlite_with_rowid": False},
     )
     image_id: Mapped[int] = mapped_column(
         ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("classify_runs.id", ondelete="CASCADE"), primary_key=True
     )
     rank: Mapped[int] = mapped_column(Integer, primary_key=True)
     position: Mapped[int] = mapped_column(Integer)  # -1: below the run's threshold
@@ -130,11 +137,14 @@ class Assignment(Base):
     probability: Mapped[float] = mapped_column(Float)
 
 
-def _add_classification_tables(conn: Connection) -> None:
+def _add_classification_and_fingerprints(conn: Connection) -> None:
+    """Version 2: classification tables, and a content fingerprint per image."""
     Base.metadata.create_all(
         conn, tables=[ClassifyRun.__table__, RunLabel.__table__, Assignment.__table__]
     )
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN fingerprint VARCHAR")
+    conn.exec_driver_sql("CREATE INDEX ix_images_fingerprint ON images (fingerprint)")
 
 
 #: MIGRATIONS[n] upgrades a catalog from schema version n to n + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_classification_tables}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_classification_and_fingerprints}

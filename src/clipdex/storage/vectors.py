@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,9 +131,11 @@ class VectorIndex:
         """Write atomically: a temporary file in the same folder, fsynced, renamed into place."""
         import faiss
 
-        _atomic_write(folder / INDEX_FILE, faiss.serialize_index(self.index).tobytes())
+        _atomic_write(folder / INDEX_FILE, lambda path: faiss.write_index(self.index, path))
         sidecar = {"type": INDEX_TYPE_FLAT, "dim": self.dim, "seq": self.seq, "ntotal": self.ntotal}
-        _atomic_write(folder / SIDECAR_FILE, json.dumps(sidecar).encode())
+        _atomic_write(
+            folder / SIDECAR_FILE, lambda path: Path(path).write_text(json.dumps(sidecar))
+        )
         self.dirty = False
 
     @classmethod
@@ -191,8 +194,7 @@ def _load(folder: Path, dim: int) -> tuple[VectorIndex | None, str]:
         return None, "no saved index"
     try:
         sidecar = json.loads(sidecar_path.read_text())
-        raw = np.fromfile(index_path, dtype=np.uint8)
-        index = faiss.deserialize_index(raw)
+        index = faiss.read_index(str(index_path))
     except (OSError, ValueError, RuntimeError) as exc:
         return None, f"saved index unreadable ({str(exc).splitlines()[0][:80]})"
     if sidecar.get("type") != INDEX_TYPE_FLAT or index.d != dim or sidecar.get("dim") != dim:
@@ -202,12 +204,13 @@ def _load(folder: Path, dim: int) -> tuple[VectorIndex | None, str]:
     return VectorIndex(dim, seq=int(sidecar.get("seq", 0)), index=index), ""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Call write(temporary path) in the same folder, fsync, then rename onto `path`."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
