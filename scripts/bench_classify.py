@@ -112,18 +112,17 @@ def measure(folder: Path, labels: int, dim: int) -> dict:
     store = LabelStore(catalog)
     run_id = store.create_run(LabelSet([f"label {i}" for i in range(labels)]), "none", "synthetic")
     started = time.perf_counter()
-    rows = (
-        (image_id, 1, label, score, probability)
-        for r in results
-        for image_id, label, score, probability in zip(
-            r.ids.tolist(),
-            r.labels[:, 0].tolist(),
-            r.scores[:, 0].tolist(),
-            r.probabilities[:, 0].tolist(),
-            strict=True,
+    columns = (
+        (
+            r.ids,
+            np.ones(len(r.ids), dtype=np.int64),
+            r.labels[:, 0],
+            r.scores[:, 0],
+            r.probabilities[:, 0],
         )
+        for r in results
     )
-    saved = store.save(run_id, rows)
+    saved = store.save(run_id, columns)
     save_s = time.perf_counter() - started
     assert saved == n
     return {
@@ -171,7 +170,7 @@ def main() -> None:
         subprocess.run([*common, "--phase", "build"], check=True)
         build_s = time.perf_counter() - started
         out = subprocess.run(
-            [*common, "--phase", "measure"], check=True, capture_output=True, text=True
+            [*common, "--phase", "measure"], check=True, stdout=subprocess.PIPE, text=True
         ).stdout
     r = json.loads(out)
     print(

@@ -30,6 +30,8 @@ from .schema import (
 )
 
 CATALOG_FILE = "catalog.sqlite"
+#: SQLite page cache per connection (negative: KiB), above the 2 MB default for big scans.
+CACHE_KIB = -65536
 
 
 @dataclass
@@ -427,6 +429,7 @@ def _make_engine(path: Path, read_only: bool) -> Engine:
     def _pragmas(dbapi_connection: sqlite3.Connection, _record) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute(f"PRAGMA cache_size = {CACHE_KIB}")
         if not read_only:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")

@@ -13,7 +13,7 @@ from sqlalchemy import func, insert, select
 
 from ..errors import IndexReadOnlyError
 from ..search.labels import LabelSet
-from .catalog import Catalog
+from .catalog import CACHE_KIB, Catalog
 from .schema import Assignment, ClassifyRun, RunLabel
 
 
@@ -79,6 +79,9 @@ class LabelStore:
         count = 0
         try:
             cursor = raw.cursor()
+            # Random inserts into the label index thrash SQLite's default 2 MB page cache:
+            # 256 MB (allocated only as used) makes a million rows about 3x faster.
+            cursor.execute("PRAGMA cache_size = -262144")
             cursor.execute("BEGIN IMMEDIATE")
             sql = (
                 "INSERT OR REPLACE INTO assignments "
@@ -106,6 +109,7 @@ class LabelStore:
             raw.rollback()
             raise
         finally:
+            raw.cursor().execute(f"PRAGMA cache_size = {CACHE_KIB}")
             raw.close()
         return count
 
