@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 import clipdex
 from clipdex.embedding import ModelSpec
@@ -104,3 +105,44 @@ def test_two_sources_in_one_index(runner, tmp_path):
     run_cli(runner, "index", str(b), "--allow-empty")
     rows = json.loads(run_cli(runner, "search", "x", "--format", "json").stdout)
     assert {row["uri"].rsplit("/", 2)[1] for row in rows} == {"a"}
+
+
+def test_moved_copied_and_touched_files_reuse_their_vectors(images, index_dir, tmp_path):
+    with clipdex.open_index(index_dir) as index:
+        index.add(images, model=TINY_SPEC)
+        embedder = index._embedder
+        before = {hit.uri: hit.score for hit in index.search("query", k=100)}
+        calls = embedder.images_encoded
+        moved_dir = images / "moved"
+        moved_dir.mkdir()
+        moved = sorted(images.glob("img000*"))  # 10 files
+        for path in moved:
+            path.rename(moved_dir / path.name)
+        copy = images / "copy of img0011.jpg"
+        copy.write_bytes((images / "img0011.jpg").read_bytes())
+        touched = images / "img0013.jpg"
+        os.utime(touched, ns=(10**18, 10**18))
+        report = index.add(images)
+        assert embedder.images_encoded == calls  # not one image embedded
+        assert (report.added, report.updated, report.removed) == (11, 1, 10)
+        assert report.reused == 12 and report.embedded == 0
+        after = {hit.uri: hit.score for hit in index.search("query", k=100)}
+        assert len(after) == 51
+        for path in moved:
+            assert after[str(moved_dir / path.name)] == pytest.approx(before[str(path)], abs=1e-6)
+            assert str(path) not in after
+        assert after[str(copy)] == pytest.approx(before[str(images / "img0011.jpg")], abs=1e-6)
+
+
+def test_verify_catches_a_change_that_kept_size_and_mtime(images, index_dir):
+    with clipdex.open_index(index_dir) as index:
+        index.add(images, model=TINY_SPEC)
+        target = images / "img0001.jpg"
+        stat = target.stat()
+        data = bytearray(target.read_bytes())
+        data[-3] ^= 0xFF  # same size, different bytes near the end
+        target.write_bytes(bytes(data))
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert index.add(images).updated == 0
+        report = index.add(images, verify=True)
+        assert report.updated == 1 and report.unchanged == 49

@@ -32,6 +32,7 @@ from .search.zero_shot import (
     nearest_per_label,
 )
 from .storage.catalog import CATALOG_FILE, Catalog
+from .storage.check import CheckReport, check_index
 from .storage.labels import LabelStore
 from .storage.lock import WriterLock
 from .storage.vectors import INDEX_FILE, INDEX_TYPE_FLAT, LoadReport, VectorIndex
@@ -247,6 +248,20 @@ class Index:
             return index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress
             )
+        finally:
+            self.close_readers()
+            lock.release()
+
+    def check(self, repair: bool = False, wait: bool = False) -> CheckReport:
+        """Verify the index's invariants; with `repair`, rebuild what is derived."""
+        if not repair:
+            return check_index(self.folder, self.catalog)
+        self._require_writable()
+        lock = WriterLock(self.folder)
+        lock.acquire(wait=wait)
+        try:
+            self.close_readers()
+            return check_index(self.folder, self.catalog, repair=True)
         finally:
             self.close_readers()
             lock.release()

@@ -219,6 +219,38 @@ def models_command(fmt, show_all) -> None:
     write_rows(rows, ("model", "pretrained", "default"), fmt)
 
 
+@cli.command("check")
+@index_option
+@click.option("--repair", is_flag=True, help="Rebuild the FAISS file and fix what is derived.")
+@click.option("--wait", is_flag=True, help="With --repair: wait for another writer.")
+@handle_errors
+def check_command(index_dir, repair, wait) -> None:
+    """Verify that the FAISS index and the catalog agree; exit 1 if not.
+
+    Checks that every stored vector is searchable under its image's id, that no deleted
+    image is searchable, that vectors have the model's dimension and unit length, and that
+    the model is recorded. --repair rebuilds the FAISS file from the stored vectors.
+
+    \b
+    Example:
+        clipdex check
+        clipdex check --repair
+    """
+    from .api import Index
+
+    with Index(index_dir) as index:
+        report = index.check(repair=repair, wait=wait)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}")
+    for repair_done in report.repairs:
+        click.echo(f"repaired: {repair_done}")
+    if report.ok:
+        click.echo(f"ok: {report.images} images, {report.vectors} vectors, FAISS in agreement")
+    elif not repair:
+        click.echo("run `clipdex check --repair` to rebuild what is derived", err=True)
+        raise SystemExit(1)
+
+
 cli.add_command(classify_command)
 
 

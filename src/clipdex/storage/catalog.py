@@ -312,9 +312,13 @@ class Catalog:
         out: dict[str, int] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(fingerprints), 500):
-                query = select(Image.fingerprint, Image.id).where(
-                    Image.fingerprint.in_(fingerprints[start : start + 500]),
-                    Image.status == "ok",
+                query = (
+                    select(Image.fingerprint, Image.id)
+                    .join(Vector, Vector.image_id == Image.id)
+                    .where(
+                        Image.fingerprint.in_(fingerprints[start : start + 500]),
+                        Image.status == "ok",
+                    )
                 )
                 out.update(conn.execute(query).all())
         return out
