@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,7 +84,9 @@ def index_source(
         embedder = get_embedder()
         catalog.claim_model(embedder.identity)
     failed = 0
-    if embedder is not None or plan.removed_ids or plan.reuse:
+    has_model = catalog.model_identity() is not None
+    stale = has_model and not VectorIndex.is_current(folder, catalog)  # killed before a save
+    if has_model and (embedder is not None or plan.removed_ids or plan.reuse or stale):
         vectors, _ = VectorIndex.open(folder, catalog)
         _reuse_vectors(catalog, source_id, plan.reuse)  # before the originals may be deleted
         catalog.delete_images(plan.removed_ids)
@@ -93,9 +96,15 @@ def index_source(
                 failed = _embed_all(
                     folder, catalog, vectors, embedder, source_id, plan, options, on_progress
                 )
-        finally:
-            if vectors.dirty:
-                vectors.save(folder)
+        except BaseException:
+            # Keep the first error. The FAISS file is derived: if it cannot be saved now,
+            # the next open catches it up from the catalog.
+            with contextlib.suppress(Exception):
+                if vectors.dirty:
+                    vectors.save(folder)
+            raise
+        if vectors.dirty:
+            vectors.save(folder)
     catalog.mark_source_indexed(source_id)
     return IndexReport(
         source=source.uri,

@@ -129,14 +129,20 @@ class VectorIndex:
 
     def save(self, folder: Path) -> None:
         """Write atomically: a temporary file in the same folder, fsynced, renamed into place."""
-        import faiss
-
-        _atomic_write(folder / INDEX_FILE, lambda path: faiss.write_index(self.index, path))
+        _atomic_write(folder / INDEX_FILE, self._write_to)
         sidecar = {"type": INDEX_TYPE_FLAT, "dim": self.dim, "seq": self.seq, "ntotal": self.ntotal}
         _atomic_write(
             folder / SIDECAR_FILE, lambda path: Path(path).write_text(json.dumps(sidecar))
         )
         self.dirty = False
+
+    def _write_to(self, path: str) -> None:
+        """Stream the index through a Python file, so a full disk raises instead of being
+        reported on stderr by FAISS and leaving a truncated file behind."""
+        import faiss
+
+        with open(path, "wb") as handle:
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))
 
     @classmethod
     def open(cls, folder: Path, catalog: Catalog) -> tuple[VectorIndex, LoadReport]:
@@ -155,6 +161,15 @@ class VectorIndex:
         behind = seq - loaded.seq
         loaded.catch_up(catalog)
         return loaded, LoadReport("caught-up", f"{behind} changes behind the catalog")
+
+    @staticmethod
+    def is_current(folder: Path, catalog: Catalog) -> bool:
+        """Cheap test from the sidecar: does the saved file reflect the catalog's last change?"""
+        try:
+            sidecar = json.loads((folder / SIDECAR_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        return (folder / INDEX_FILE).is_file() and sidecar.get("seq") == catalog.change_seq()
 
     @classmethod
     def rebuild(cls, catalog: Catalog) -> VectorIndex:
@@ -205,15 +220,25 @@ def _load(folder: Path, dim: int) -> tuple[VectorIndex | None, str]:
 
 
 def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call write(temporary path) in the same folder, fsync, then rename onto `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Call write(temporary path) in the same folder, fsync, then rename onto `path`.
+
+    A failure leaves the previous file in place and raises CatalogError.
+    """
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(exc, (OSError, RuntimeError)):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CatalogError(
+                f"cannot write {path}: {reason.splitlines()[0] if reason else exc!r}"
+            ) from exc
         raise
