@@ -137,10 +137,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path, clean_run, point):
     assert check.returncode == 0 and check.stdout.startswith("ok: 240 images"), check.stdout
 
 
-def test_search_while_indexing_never_returns_deleted_or_half_written_rows(
-    runner, tmp_path, clean_run
-):
-    folder, _ = clean_run
+def test_search_while_indexing_never_returns_deleted_or_half_written_rows(runner, tmp_path):
     photos = tmp_path / "photos"
     make_images(photos, 60, seed=4)
     index_dir = tmp_path / "index"

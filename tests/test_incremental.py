@@ -146,3 +146,14 @@ def test_verify_catches_a_change_that_kept_size_and_mtime(images, index_dir):
         assert index.add(images).updated == 0
         report = index.add(images, verify=True)
         assert report.updated == 1 and report.unchanged == 49
+
+
+def test_a_deleted_subfolder_is_forgotten(runner, images, index_dir):
+    import shutil
+
+    run_cli(runner, "index", str(images), *TINY)
+    shutil.rmtree(images / "nested")
+    out = run_cli(runner, "index", str(images)).stdout
+    assert "10 removed" in out and "40 unchanged" in out
+    rows = json.loads(run_cli(runner, "search", "x", "-k", "100", "--format", "json").stdout)
+    assert len(rows) == 40 and not any("nested" in row["uri"] for row in rows)

@@ -69,19 +69,28 @@ class LocalSource:
         return self.uri if self.is_file else os.path.join(self.uri, "")
 
     def entries(self) -> Iterator[FileEntry]:
-        """Stream the source's image files. Raises SourceError if the source vanishes."""
+        """Stream the source's image files."""
+        for _, files in self.folders():
+            yield from files or ()
+
+    def folders(self) -> Iterator[tuple[str, list[FileEntry] | None]]:
+        """Stream (folder, its image files) depth-first, names in code-point order.
+
+        A folder that cannot be read yields None instead of a list: its contents are
+        unknown, not gone. Raises SourceError if the source itself vanishes.
+        """
         if self.is_file:
             try:
                 stat = self.root.stat()
             except OSError as exc:
                 raise SourceError(f"cannot read {self.root}: {exc.strerror}") from exc
-            yield FileEntry(self.uri, stat.st_size, stat.st_mtime_ns)
+            yield str(self.root.parent), [FileEntry(self.uri, stat.st_size, stat.st_mtime_ns)]
             return
         yield from self._walk(str(self.root))
         if not self.root.is_dir():
             raise SourceError(f"folder disappeared while it was being listed: {self.root}")
 
-    def _walk(self, folder: str) -> Iterator[FileEntry]:
+    def _walk(self, folder: str) -> Iterator[tuple[str, list[FileEntry] | None]]:
         try:
             with os.scandir(folder) as scan:
                 children = sorted(scan, key=lambda entry: entry.name)
@@ -92,23 +101,27 @@ class LocalSource:
                 ) from None
             return
         except PermissionError:
+            yield folder, None
             return
+        files: list[FileEntry] = []
+        subfolders: list[str] = []
         for entry in children:
             name = entry.name
             if not self.include_hidden and (name.startswith(".") or name in SYSTEM_FOLDERS):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    if Path(entry.path) in self.exclude:
-                        continue
-                    yield from self._walk(entry.path)
-                elif entry.is_file() and _is_image_name(entry.path):
+                    if Path(entry.path) not in self.exclude:
+                        subfolders.append(entry.path)
+                elif entry.is_file() and _is_image_name(entry.path) and _encodable(entry.path):
                     stat = entry.stat()
-                    if not _encodable(entry.path):
-                        continue
-                    yield FileEntry(entry.path, stat.st_size, stat.st_mtime_ns)
+                    files.append(FileEntry(entry.path, stat.st_size, stat.st_mtime_ns))
             except OSError:
                 continue  # vanished or unreadable between listing and stat
+        del children
+        yield folder, files
+        for subfolder in subfolders:
+            yield from self._walk(subfolder)
 
 
 def _is_image_name(path: str) -> bool:

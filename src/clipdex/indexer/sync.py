@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,33 +54,47 @@ def plan_sync(
     listing no longer has are to be removed. If listing fails, SourceError propagates and
     nothing is planned for removal.
     """
-    known = catalog.known_files(source.prefix, exact=source.is_file)
     match = not rebuild and catalog.has_fingerprints()
     plan = SyncPlan()
     candidates: list[FileEntry] = []
-    for entry in source.entries():
-        plan.listed += 1
-        if on_progress and plan.listed % 1000 == 0:
-            on_progress("scan", plan.listed, None)
-        previous = known.pop(entry.uri, None)
-        if previous is None:
-            plan.new += 1
-        elif rebuild or _changed(previous, entry, verify):
-            plan.changed += 1
-        else:
-            plan.unchanged += 1
+    visited: set[str] = set()
+    unreadable: list[str] = []
+    for folder, files in source.folders():
+        visited.add(folder)
+        if files is None:
+            unreadable.append(folder)
             continue
-        if match:
-            candidates.append(entry)
-            if len(candidates) >= LOOKUP_BATCH:
-                _match(catalog, candidates, plan)
-        else:
-            plan.to_embed.append(entry)
+        # Only one folder's rows are in memory at a time.
+        known = catalog.known_in_folder(folder, only=source.uri if source.is_file else None)
+        for entry in files:
+            plan.listed += 1
+            if on_progress and plan.listed % 1000 == 0:
+                on_progress("scan", plan.listed, None)
+            previous = known.pop(entry.uri, None)
+            if previous is None:
+                plan.new += 1
+            elif rebuild or _changed(previous, entry, verify):
+                plan.changed += 1
+            else:
+                plan.unchanged += 1
+                continue
+            if match:
+                candidates.append(entry)
+                if len(candidates) >= LOOKUP_BATCH:
+                    _match(catalog, candidates, plan)
+            else:
+                plan.to_embed.append(entry)
+        plan.removed_ids.extend(row.id for row in known.values())
     if candidates:
         _match(catalog, candidates, plan)
     if on_progress:
         on_progress("scan", plan.listed, plan.listed)
-    plan.removed_ids = [row.id for row in known.values()]
+    if not source.is_file:
+        # Rows in folders the walk never reached: deleted (or now hidden) folders.
+        keep = tuple(os.path.join(f, "") for f in unreadable)
+        for image_id, folder in catalog.folders_under(source.prefix):
+            if folder not in visited and not (folder + os.sep).startswith(keep or ("\0",)):
+                plan.removed_ids.append(image_id)
     return plan
 
 

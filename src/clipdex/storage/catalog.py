@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -209,17 +210,29 @@ class Catalog:
 
     # -- images ----------------------------------------------------------------------------
 
-    def known_files(self, prefix: str, exact: bool) -> dict[str, KnownFile]:
-        """What the catalog holds under a folder prefix (or for one exact uri)."""
+    def known_in_folder(self, folder: str, only: str | None = None) -> dict[str, KnownFile]:
+        """What the catalog holds directly in one folder (or, with `only`, for one uri)."""
         query = select(
             Image.uri, Image.id, Image.size, Image.mtime_ns, Image.status, Image.fingerprint
-        )
-        if exact:
-            query = query.where(Image.uri == prefix)
-        else:
-            query = query.where(Image.uri >= prefix, Image.uri < prefix + "\U0010ffff")
+        ).where(Image.folder == folder)
+        if only is not None:
+            query = query.where(Image.uri == only)
         with self.engine.connect() as conn:
             return {uri: KnownFile(*rest) for uri, *rest in conn.execute(query)}
+
+    def folders_under(self, prefix: str) -> Iterator[tuple[int, str]]:
+        """Stream (image id, folder) for every image whose uri starts with `prefix`."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute(
+                "SELECT id, folder FROM images WHERE uri >= ? AND uri < ?",
+                (prefix, prefix + "\U0010ffff"),
+            )
+            while rows := cursor.fetchmany(10_000):
+                yield from rows
+        finally:
+            raw.close()
 
     def write_batch(self, source_id: int, records: Iterable[ImageRecord]) -> int:
         """Insert or update a batch of images and their vectors in one transaction."""
@@ -229,6 +242,7 @@ class Catalog:
             for record in records:
                 values = dict(
                     source_id=source_id,
+                    folder=os.path.dirname(record.uri),
                     size=record.size,
                     mtime_ns=record.mtime_ns,
                     width=record.width,

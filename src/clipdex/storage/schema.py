@@ -6,6 +6,7 @@ upgraded step by step through `MIGRATIONS`; one written by a newer clipdex is re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from sqlalchemy import (
@@ -54,11 +55,13 @@ class Image(Base):
         Index("ix_images_source", "source_id"),
         Index("ix_images_seq", "seq"),
         Index("ix_images_fingerprint", "fingerprint"),
+        Index("ix_images_folder", "folder"),
         {"sqlite_autoincrement": True},  # ids are never reused, so FAISS never confuses two images
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id"))
     uri: Mapped[str] = mapped_column(Text, unique=True)
+    folder: Mapped[str] = mapped_column(Text)  # the uri's parent: scans go folder by folder
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -138,12 +141,19 @@ class Assignment(Base):
 
 
 def _add_classification_and_fingerprints(conn: Connection) -> None:
-    """Version 2: classification tables, and a content fingerprint per image."""
+    """Version 2: classification tables; a content fingerprint and folder per image."""
     Base.metadata.create_all(
         conn, tables=[ClassifyRun.__table__, RunLabel.__table__, Assignment.__table__]
     )
     conn.exec_driver_sql("ALTER TABLE images ADD COLUMN fingerprint VARCHAR")
     conn.exec_driver_sql("CREATE INDEX ix_images_fingerprint ON images (fingerprint)")
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN folder TEXT NOT NULL DEFAULT ''")
+    rows = conn.exec_driver_sql("SELECT id, uri FROM images").fetchall()
+    conn.exec_driver_sql(
+        "UPDATE images SET folder = ? WHERE id = ?",
+        [(os.path.dirname(uri), image_id) for image_id, uri in rows],
+    )
+    conn.exec_driver_sql("CREATE INDEX ix_images_folder ON images (folder)")
 
 
 #: MIGRATIONS[n] upgrades a catalog from schema version n to n + 1.
