@@ -121,9 +121,11 @@ def index_source(
 def _reuse_vectors(catalog: Catalog, source_id: int, reuse: list[Reuse]) -> None:
     """Give moved, copied and touched files the stored vector of the same content."""
     for start in range(0, len(reuse), 500):
+        chunk = reuse[start : start + 500]
+        copies = catalog.copies_of([item.from_id for item in chunk])
         records = []
-        for item in reuse[start : start + 500]:
-            vector, width, height, fmt = catalog.copy_of(item.from_id)
+        for item in chunk:
+            vector, width, height, fmt = copies[item.from_id]
             entry = item.entry
             records.append(
                 ImageRecord(

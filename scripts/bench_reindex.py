@@ -1,0 +1,152 @@
+"""Benchmark: incremental re-indexing. No-op re-index, a 10,000-file move, scan memory.
+
+    python scripts/bench_reindex.py                        # 100,000 files, move 10,000
+    python scripts/bench_reindex.py --files 1000000 --move 0   # scan memory at a million
+
+Builds a synthetic, already-indexed collection: tiny files in folders of 1,000, with
+catalog rows (size, mtime, fingerprint, folder) and random clipdex-tiny vectors written
+directly, plus the FAISS file. Then runs the real `clipdex index` in subprocesses:
+  - no-op: nothing changed; wall time and files/s;
+  - move:  MOVE files renamed into another folder of the source; wall time, and how many
+           images were embedded (must be 0) and reused;
+and measures the peak memory of the scan alone (plan_sync in a fresh process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PER_FOLDER = 1000
+
+
+def build(root: Path, index: Path, files: int) -> None:
+    from clipdex.embedding import RANDOM_WEIGHTS, ModelIdentity
+    from clipdex.indexer.fingerprint import fingerprint
+    from clipdex.storage.catalog import Catalog
+    from clipdex.storage.vectors import VectorIndex
+
+    catalog = Catalog(index)
+    catalog.claim_model(ModelIdentity("clipdex-tiny", RANDOM_WEIGHTS, 64))
+    source_id = catalog.source_id(str(root), "folder")
+    catalog.mark_source_indexed(source_id)
+    seq = catalog.delete_images([]) + 1
+    catalog.close()
+    rng = np.random.default_rng(0)
+    vectors = VectorIndex(64, seq=seq)
+    raw = sqlite3.connect(index / "catalog.sqlite")
+    raw.execute("PRAGMA synchronous = OFF")
+    for start in range(0, files, PER_FOLDER):
+        folder = root / f"{start // PER_FOLDER:05d}"
+        folder.mkdir(parents=True)
+        rows, blobs = [], []
+        count = min(PER_FOLDER, files - start)
+        batch = rng.standard_normal((count, 64), dtype=np.float32)
+        batch /= np.linalg.norm(batch, axis=1, keepdims=True)
+        for n in range(count):
+            image_id = start + n + 1
+            path = folder / f"photo{image_id:07d}.jpg"
+            path.write_bytes(b"\xff\xd8\xff\xe0" + image_id.to_bytes(8, "little") * 8)
+            stat = path.stat()
+            rows.append((image_id, source_id, str(path), str(folder), stat.st_size,
+                         stat.st_mtime_ns, fingerprint(str(path), stat.st_size), seq))
+            blobs.append((image_id, batch[n].tobytes()))
+        raw.executemany(
+            "INSERT INTO images (id, source_id, uri, folder, size, mtime_ns, fingerprint,"
+            " status, seq, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', ?, 0)", rows)
+        raw.executemany("INSERT INTO vectors (image_id, vector) VALUES (?, ?)", blobs)
+        vectors.add(np.array([b[0] for b in blobs]), batch)
+    raw.execute("UPDATE meta SET value = ? WHERE key = 'change_seq'", (str(seq),))
+    raw.commit()
+    raw.close()
+    vectors.save(index)
+
+
+def scan_memory(root: Path, index: Path) -> dict:
+    """Peak RSS of plan_sync alone, above the process's RSS before it."""
+    from clipdex.indexer.sources import LocalSource
+    from clipdex.indexer.sync import plan_sync
+    from clipdex.storage.catalog import Catalog
+
+    def status(field: str) -> float:
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) / 1024 for line in handle
+                        if line.startswith(field + ":"))
+
+    catalog = Catalog(index)
+    source = LocalSource.from_path(root)
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    started = time.perf_counter()
+    plan = plan_sync(source, catalog)
+    seconds = time.perf_counter() - started
+    return {"listed": plan.listed, "unchanged": plan.unchanged, "scan_s": seconds,
+            "scan_peak_mb": status("VmHWM") - before, "rss_before_mb": before}
+
+
+def clipdex_index(root: Path, index: Path) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "clipdex", "index", str(root), "--index", str(index)],
+        capture_output=True, text=True, check=True,
+    )
+    return time.perf_counter() - started, done.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--move", type=int, default=10_000)
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--index", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase == "scan":
+        print(json.dumps(scan_memory(Path(args.root), Path(args.index))))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root, index = Path(tmp) / "photos", Path(tmp) / "index"
+        index.mkdir()
+        started = time.perf_counter()
+        build(root, index, args.files)
+        build_s = time.perf_counter() - started
+        scan = json.loads(subprocess.run(
+            [sys.executable, __file__, "--phase", "scan", "--root", str(root),
+             "--index", str(index)], check=True, stdout=subprocess.PIPE, text=True).stdout)
+        noop_s, noop_out = clipdex_index(root, index)
+        assert f"{args.files} unchanged" in noop_out, noop_out
+        print(f"files={args.files:,} (synthetic build {build_s:.0f} s)")
+        print(f"no-op re-index: {noop_s:.2f} s wall, {args.files / noop_s:,.0f} files/s "
+              f"({noop_out.split(': ', 1)[1]})")
+        print(f"scan alone: {scan['scan_s']:.2f} s, peak memory {scan['scan_peak_mb']:.0f} MB "
+              f"above the {scan['rss_before_mb']:.0f} MB process")
+        if args.move:
+            target = root / "moved"
+            target.mkdir()
+            moved = 0
+            for folder in sorted(p for p in root.iterdir() if p.name != "moved"):
+                for path in sorted(folder.iterdir()):
+                    if moved == args.move:
+                        break
+                    os.rename(path, target / path.name)
+                    moved += 1
+            move_s, move_out = clipdex_index(root, index)
+            embedded = int(re.search(r"(\d+) embedded", move_out).group(1))
+            reused = int(re.search(r"(\d+) reused", move_out).group(1))
+            print(f"after moving {moved:,} files: {move_s:.2f} s wall, "
+                  f"{embedded} embedded, {reused:,} reused ({move_out.split(': ', 1)[1]})")
+
+
+if __name__ == "__main__":
+    main()
