@@ -19,6 +19,7 @@ def test_a_version_1_catalog_is_migrated_and_keeps_its_images(runner, images, in
         "DROP TABLE assignments; DROP TABLE run_labels; DROP TABLE classify_runs;"
         "DROP INDEX ix_images_fingerprint; ALTER TABLE images DROP COLUMN fingerprint;"
         "DROP INDEX ix_images_folder; ALTER TABLE images DROP COLUMN folder;"
+        "ALTER TABLE sources DROP COLUMN options;"
         "UPDATE meta SET value = '1' WHERE key = 'schema_version';"
     )
     db.close()

@@ -22,3 +22,18 @@ def test_second_writer_is_refused_while_first_holds_the_lock(runner, images, ind
     finally:
         lock.release()
     assert "50 unchanged" in run_cli(runner, "index", str(images)).stdout
+
+
+def test_wait_blocks_until_the_writer_is_done(runner, images, index_dir):
+    import threading
+
+    run_cli(runner, "index", str(images), *TINY)
+    lock = WriterLock(index_dir)
+    lock.acquire()
+    timer = threading.Timer(0.5, lock.release)
+    timer.start()
+    try:
+        out = run_cli(runner, "index", str(images), "--wait").stdout
+    finally:
+        timer.join()
+    assert "50 unchanged" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -34,12 +35,13 @@ def sniff_format(header: bytes) -> str | None:
     return None
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """Open an image file as (upright RGB PIL image, source format), or raise ImageDecodeError."""
+def load_image(path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """Open an image (a file path, or bytes already fetched) as (upright RGB PIL image,
+    source format), or raise ImageDecodeError with the reason."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with open(path, "rb") as handle:
+        with _open(path) as handle:
             header = handle.read(16)
             if not header:
                 raise ImageDecodeError("empty file")
@@ -73,6 +75,12 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS):
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageDecodeError(f"corrupt or truncated: {reason}") from None
+
+
+def _open(path: str | Path | bytes):
+    if isinstance(path, (bytes, bytearray)):
+        return io.BytesIO(path)
+    return open(path, "rb")
 
 
 def to_rgb(image):

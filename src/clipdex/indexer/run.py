@@ -13,9 +13,11 @@ from ..errors import SourceError
 from ..storage.catalog import Catalog, ImageRecord
 from ..storage.vectors import VectorIndex
 from .decode import DEFAULT_MAX_PIXELS
+from .fetch import FileSystems, fetch_batches
 from .pipeline import Batch, decode_batches
+from .remote import StoreOptions
 from .sources import LocalSource
-from .sync import ProgressCallback, Reuse, SyncPlan, plan_sync
+from .sync import ProgressCallback, Reuse, Source, SyncPlan, plan_sync
 
 #: Seconds between saves of the FAISS file during a long run (readers then catch up less).
 SAVE_EVERY_S = 60.0
@@ -51,12 +53,13 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_empty: bool = False
     verify: bool = False
+    fetch_workers: int = 16
 
 
 def index_source(
     folder: Path,
     catalog: Catalog,
-    source: LocalSource,
+    source: Source,
     get_embedder: Callable[[], Embedder],
     options: RunOptions,
     on_progress: ProgressCallback | None = None,
@@ -70,7 +73,8 @@ def index_source(
     up from the catalog when it is opened.
     """
     started = time.perf_counter()
-    plan = plan_sync(source, catalog, options.rebuild, options.verify, on_progress)
+    known_source = catalog.find_source_id(source.uri)
+    plan = plan_sync(source, catalog, known_source, options.rebuild, options.verify, on_progress)
     if plan.listed == 0 and not options.allow_empty:
         if plan.removed_ids:
             raise SourceError(
@@ -78,7 +82,7 @@ def index_source(
                 "from it; if they were deleted on purpose, run again with --allow-empty"
             )
         raise SourceError(f"no images found in {source.uri}")
-    source_id = catalog.source_id(source.uri, source.kind)
+    source_id = catalog.source_id(source.uri, source.kind, _store_options(source))
     embedder = None
     if plan.to_embed:
         embedder = get_embedder()
@@ -94,7 +98,15 @@ def index_source(
         try:
             if embedder is not None:
                 failed = _embed_all(
-                    folder, catalog, vectors, embedder, source_id, plan, options, on_progress
+                    folder,
+                    catalog,
+                    vectors,
+                    embedder,
+                    source,
+                    source_id,
+                    plan,
+                    options,
+                    on_progress,
                 )
         except BaseException:
             # Keep the first error. The FAISS file is derived: if it cannot be saved now,
@@ -147,6 +159,7 @@ def _embed_all(
     catalog: Catalog,
     vectors: VectorIndex,
     embedder: Embedder,
+    source: Source,
     source_id: int,
     plan: SyncPlan,
     options: RunOptions,
@@ -158,13 +171,7 @@ def _embed_all(
     total = len(plan.to_embed)
     if on_progress:
         on_progress("embed", 0, total)
-    for batch in decode_batches(
-        plan.to_embed,
-        embedder.preprocess,
-        options.batch_size,
-        options.workers,
-        options.max_pixels,
-    ):
+    for batch in _batches(source, plan, embedder, options):
         records = _embed(embedder, batch)
         failed += sum(1 for record in records if not record.ok)
         catalog.write_batch(source_id, records)
@@ -176,6 +183,32 @@ def _embed_all(
             vectors.save(folder)
             last_save = time.monotonic()
     return failed
+
+
+def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
+    """Local files decode in worker processes; remote objects are fetched by threads."""
+    if isinstance(source, LocalSource):
+        return decode_batches(
+            plan.to_embed,
+            embedder.preprocess,
+            options.batch_size,
+            options.workers,
+            options.max_pixels,
+        )
+    store = source.options if hasattr(source, "options") else StoreOptions()
+    return fetch_batches(
+        plan.to_embed,
+        FileSystems(store).for_uri,
+        embedder.preprocess,
+        options.batch_size,
+        options.fetch_workers,
+        max_pixels=options.max_pixels,
+    )
+
+
+def _store_options(source: Source) -> dict | None:
+    options = getattr(source, "options", None)
+    return options.as_dict() if options is not None else None
 
 
 def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:

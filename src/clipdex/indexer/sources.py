@@ -29,6 +29,13 @@ class FileEntry:
     uri: str
     size: int
     mtime_ns: int
+    #: An object store's ETag (or an HTTP validator): decides "changed" instead of mtime.
+    version: str | None = None
+
+    @property
+    def stored_fingerprint(self) -> str | None:
+        """The fingerprint known without reading the file: `etag:size:ETag` for objects."""
+        return f"etag:{self.size}:{self.version}" if self.version is not None else None
 
 
 @dataclass(frozen=True)

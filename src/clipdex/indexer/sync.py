@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 
 from ..storage.catalog import Catalog, KnownFile
 from .fingerprint import fingerprint
+from .remote import ListSource, RemoteSource
 from .sources import FileEntry, LocalSource
+
+Source = LocalSource | RemoteSource | ListSource
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
 
@@ -39,8 +42,9 @@ class SyncPlan:
 
 
 def plan_sync(
-    source: LocalSource,
+    source: Source,
     catalog: Catalog,
+    source_id: int,
     rebuild: bool = False,
     verify: bool = False,
     on_progress: ProgressCallback | None = None,
@@ -64,8 +68,11 @@ def plan_sync(
         if files is None:
             unreadable.append(folder)
             continue
-        # Only one folder's rows are in memory at a time.
-        known = catalog.known_in_folder(folder, only=source.uri if source.is_file else None)
+        # Only one folder's rows are in memory at a time (a list's rows are its folder).
+        if source.kind == "list":
+            known = catalog.known_for_source(source_id)
+        else:
+            known = catalog.known_in_folder(folder, only=source.uri if source.is_file else None)
         for entry in files:
             plan.listed += 1
             if on_progress and plan.listed % 1000 == 0:
@@ -84,12 +91,13 @@ def plan_sync(
                     _match(catalog, candidates, plan)
             else:
                 plan.to_embed.append(entry)
-        plan.removed_ids.extend(row.id for row in known.values())
+        unknown = getattr(source, "unknown", set())  # listed, but could not be reached now
+        plan.removed_ids.extend(row.id for uri, row in known.items() if uri not in unknown)
     if candidates:
         _match(catalog, candidates, plan)
     if on_progress:
         on_progress("scan", plan.listed, plan.listed)
-    if not source.is_file:
+    if not source.is_file and source.kind != "list":
         # Rows in folders the walk never reached: deleted (or now hidden) folders.
         keep = tuple(os.path.join(f, "") for f in unreadable)
         for image_id, folder in catalog.folders_under(source.prefix):
@@ -99,6 +107,8 @@ def plan_sync(
 
 
 def _changed(previous: KnownFile, entry: FileEntry, verify: bool) -> bool:
+    if entry.version is not None:  # an object: its ETag (with its size) is its version
+        return previous.size != entry.size or previous.fingerprint != entry.stored_fingerprint
     if previous.size != entry.size or previous.mtime_ns != entry.mtime_ns:
         return True
     if verify and previous.fingerprint is not None:
@@ -108,7 +118,10 @@ def _changed(previous: KnownFile, entry: FileEntry, verify: bool) -> bool:
 
 def _match(catalog: Catalog, candidates: list[FileEntry], plan: SyncPlan) -> None:
     """Split candidates into vectors to reuse (by fingerprint) and files to embed."""
-    prints = {entry.uri: fingerprint(entry.uri, entry.size) for entry in candidates}
+    prints = {
+        entry.uri: entry.stored_fingerprint or fingerprint(entry.uri, entry.size)
+        for entry in candidates
+    }
     found = catalog.find_fingerprints([p for p in prints.values() if p is not None])
     for entry in candidates:
         content = prints[entry.uri]

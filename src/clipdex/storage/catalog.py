@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -179,18 +180,47 @@ class Catalog:
 
     # -- sources ---------------------------------------------------------------------------
 
-    def source_id(self, uri: str, kind: str) -> int:
+    def find_source_id(self, uri: str) -> int | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(Source.id).where(Source.uri == uri)).scalar()
+
+    def source_id(self, uri: str, kind: str, options: dict | None = None) -> int:
+        """The id of a source, added if new; `options` (how to reach it) are kept current."""
+        encoded = json.dumps(options) if options else None
         with self._write() as conn:
             found = conn.execute(select(Source.id).where(Source.uri == uri)).scalar()
             if found is not None:
+                conn.execute(update(Source).where(Source.id == found).values(options=encoded))
                 return int(found)
             return int(
                 conn.execute(
                     insert(Source)
-                    .values(uri=uri, kind=kind, added_at=time.time())
+                    .values(uri=uri, kind=kind, added_at=time.time(), options=encoded)
                     .returning(Source.id)
                 ).scalar_one()
             )
+
+    def source_of(self, image_id: int) -> tuple[str, str, dict]:
+        """(image uri, source kind, source options) of an image."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(Image.uri, Source.kind, Source.options)
+                .join(Source, Source.id == Image.source_id)
+                .where(Image.id == image_id)
+            ).first()
+        if row is None:
+            raise CatalogError(f"no image with id {image_id}")
+        return row[0], row[1], json.loads(row[2]) if row[2] else {}
+
+    def known_for_source(self, source_id: int | None) -> dict[str, KnownFile]:
+        """Everything a source (a list of uris) brought in, by uri."""
+        if source_id is None:
+            return {}
+        query = select(
+            Image.uri, Image.id, Image.size, Image.mtime_ns, Image.status, Image.fingerprint
+        ).where(Image.source_id == source_id)
+        with self.engine.connect() as conn:
+            return {uri: KnownFile(*rest) for uri, *rest in conn.execute(query)}
 
     def mark_source_indexed(self, source_id: int) -> None:
         with self._write() as conn:

@@ -42,8 +42,9 @@ class Source(Base):
     __tablename__ = "sources"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uri: Mapped[str] = mapped_column(Text, unique=True)
-    kind: Mapped[str] = mapped_column(String)  # "folder" or "file"
+    kind: Mapped[str] = mapped_column(String)  # folder, file, bucket, object, list
     added_at: Mapped[float] = mapped_column(Float)
+    options: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: endpoint etc.
     indexed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
@@ -147,6 +148,7 @@ def _add_classification_and_fingerprints(conn: Connection) -> None:
     )
     conn.exec_driver_sql("ALTER TABLE images ADD COLUMN fingerprint VARCHAR")
     conn.exec_driver_sql("CREATE INDEX ix_images_fingerprint ON images (fingerprint)")
+    conn.exec_driver_sql("ALTER TABLE sources ADD COLUMN options TEXT")
     conn.exec_driver_sql("ALTER TABLE images ADD COLUMN folder TEXT NOT NULL DEFAULT ''")
     rows = conn.exec_driver_sql("SELECT id, uri FROM images").fetchall()
     conn.exec_driver_sql(

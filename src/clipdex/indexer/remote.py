@@ -1,0 +1,236 @@
+"""Remote sources through fsspec: s3://, gs://, az://, http(s):// and lists of uris.
+
+Object stores are listed prefix by prefix (like folders), and an object's ETag (with its
+size) decides whether it changed. Fetching is network-bound, so it runs in a thread pool
+(`fetch.py`); this module only lists and names things.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import SourceError
+from .decode import IMAGE_EXTENSIONS
+from .sources import FileEntry
+
+#: uri scheme -> (fsspec protocol, the package that provides it, the clipdex extra)
+SCHEMES = {
+    "s3": ("s3", "s3fs", "s3"),
+    "gs": ("gcs", "gcsfs", "gcs"),
+    "gcs": ("gcs", "gcsfs", "gcs"),
+    "az": ("az", "adlfs", "azure"),
+    "abfs": ("abfs", "adlfs", "azure"),
+    "http": ("http", "aiohttp", "http"),
+    "https": ("https", "aiohttp", "http"),
+}
+
+
+def scheme_of(uri: str) -> str | None:
+    """The remote scheme of a uri (`s3`, `gs`, ...), or None for a local path."""
+    head, sep, _ = uri.partition("://")
+    return head.lower() if sep and head.lower() in SCHEMES else None
+
+
+def is_remote(uri: str) -> bool:
+    return scheme_of(uri) is not None
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """How to reach a store: stored with the source so that bytes can be fetched later."""
+
+    endpoint_url: str | None = None
+    anon: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in (("endpoint_url", self.endpoint_url), ("anon", self.anon)) if v}
+
+
+def filesystem(uri: str, options: StoreOptions | None = None):
+    """The fsspec filesystem for a remote uri, or SourceError naming the missing extra."""
+    scheme = scheme_of(uri)
+    if scheme is None:
+        raise SourceError(f"not a remote uri: {uri}")
+    protocol, package, extra = SCHEMES[scheme]
+    try:
+        __import__(package)
+        import fsspec
+    except ImportError:
+        raise SourceError(
+            f"{scheme}:// sources need the {package} package: pip install 'clipdex[{extra}]'"
+        ) from None
+    options = options or StoreOptions()
+    kwargs: dict[str, Any] = {}
+    if protocol == "s3":
+        if options.endpoint_url:
+            kwargs["endpoint_url"] = options.endpoint_url
+        if options.anon:
+            kwargs["anon"] = True
+    elif protocol in ("http", "https"):
+        kwargs["block_size"] = 0  # fetch whole objects, no range requests
+    return fsspec.filesystem(protocol, **kwargs)
+
+
+def strip_scheme(uri: str) -> str:
+    """`s3://bucket/key` -> `bucket/key`, as fsspec's object stores name paths."""
+    return uri.split("://", 1)[1] if scheme_of(uri) in ("s3", "gs", "gcs", "az", "abfs") else uri
+
+
+def _entry(uri: str, info: dict[str, Any]) -> FileEntry:
+    version = (
+        info.get("ETag")
+        or info.get("etag")
+        or info.get("md5Hash")
+        or info.get("last_modified")
+        or info.get("Last-Modified")
+    )
+    modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    mtime_ns = 0
+    if hasattr(modified, "timestamp"):
+        mtime_ns = int(modified.timestamp() * 1e9)
+    return FileEntry(uri, int(info.get("size") or 0), mtime_ns, str(version or "").strip('"'))
+
+
+def _is_image_key(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+@dataclass
+class RemoteSource:
+    """A bucket prefix (or a single object) in an object store."""
+
+    uri: str
+    options: StoreOptions = field(default_factory=StoreOptions)
+    include_hidden: bool = False
+    is_file: bool = False
+    fs: Any = None
+
+    @classmethod
+    def from_uri(
+        cls, uri: str, options: StoreOptions | None = None, include_hidden: bool = False, fs=None
+    ) -> RemoteSource:
+        uri = uri.rstrip("/")
+        options = options or StoreOptions()
+        fs = fs or filesystem(uri, options)
+        path = strip_scheme(uri)
+        try:
+            is_file = fs.isfile(path)
+            if not is_file and not fs.isdir(path):
+                raise SourceError(f"no such bucket, prefix or object: {uri}")
+        except SourceError:
+            raise
+        except PermissionError as exc:
+            raise SourceError(f"access denied to {uri}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"cannot reach {uri}: {str(exc).splitlines()[0]}") from exc
+        return cls(uri, options, include_hidden, is_file, fs)
+
+    @property
+    def kind(self) -> str:
+        return "object" if self.is_file else "bucket"
+
+    @property
+    def prefix(self) -> str:
+        return self.uri if self.is_file else self.uri + "/"
+
+    def entries(self) -> Iterator[FileEntry]:
+        for _, files in self.folders():
+            yield from files or ()
+
+    def folders(self) -> Iterator[tuple[str, list[FileEntry] | None]]:
+        """(prefix uri, its image objects) for each prefix under the source, in order."""
+        scheme = scheme_of(self.uri)
+        path = strip_scheme(self.uri)
+        try:
+            if self.is_file:
+                info = self.fs.info(path)
+                yield posixpath.dirname(self.uri), [_entry(self.uri, info)]
+                return
+            for root, _dirs, files in self.fs.walk(path, detail=True):
+                parts = root[len(path) :].split("/")
+                if not self.include_hidden and any(p.startswith(".") for p in parts if p):
+                    continue
+                folder = f"{scheme}://{root}"
+                entries = [
+                    _entry(f"{folder}/{name}", info)
+                    for name, info in sorted(files.items())
+                    if _is_image_key(name) and (self.include_hidden or not name.startswith("."))
+                ]
+                yield folder, entries
+        except FileNotFoundError as exc:
+            raise SourceError(f"prefix disappeared while it was being listed: {self.uri}") from exc
+        except PermissionError as exc:
+            raise SourceError(f"access denied while listing {self.uri}: {exc}") from exc
+        except OSError as exc:
+            raise SourceError(f"listing {self.uri} failed: {str(exc).splitlines()[0]}") from exc
+
+
+@dataclass
+class ListSource:
+    """A text file of uris (remote or local), one a line: `--from-list urls.txt`."""
+
+    list_path: Path
+    uris: list[str]
+    options: StoreOptions = field(default_factory=StoreOptions)
+    stat_workers: int = 16
+    is_file: bool = False
+    #: uris that could not be reached this time: their indexed rows are kept, not removed
+    unknown: set[str] = field(default_factory=set)
+
+    @classmethod
+    def from_file(cls, path: str | Path, options: StoreOptions | None = None) -> ListSource:
+        list_path = Path(os.path.abspath(os.path.expanduser(str(path))))
+        if not list_path.is_file():
+            raise SourceError(f"list file not found: {path}")
+        lines = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines()]
+        uris = list(dict.fromkeys(u for u in lines if u and not u.startswith("#")))
+        if not uris:
+            raise SourceError(f"list file {path} has no uris")
+        return cls(list_path, uris, options or StoreOptions())
+
+    @property
+    def uri(self) -> str:
+        return f"list:{self.list_path}"
+
+    @property
+    def kind(self) -> str:
+        return "list"
+
+    @property
+    def prefix(self) -> str:
+        return self.uri
+
+    def folders(self) -> Iterator[tuple[str, list[FileEntry] | None]]:
+        """One group: every listed uri that exists, stat'ed in parallel (HEAD requests)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.stat_workers) as pool:
+            found = list(pool.map(self._stat, self.uris))
+        yield self.uri, [entry for entry in found if isinstance(entry, FileEntry)]
+
+    def entries(self) -> Iterator[FileEntry]:
+        for _, files in self.folders():
+            yield from files or ()
+
+    def _stat(self, uri: str) -> FileEntry | None:
+        """The entry; None if it is gone (its indexed row goes too); unknown if unreachable."""
+        if not is_remote(uri):
+            path = os.path.abspath(os.path.expanduser(uri))
+            try:
+                stat = os.stat(path)
+            except OSError:
+                return None
+            return FileEntry(path, stat.st_size, stat.st_mtime_ns)
+        try:
+            info = filesystem(uri, self.options).info(strip_scheme(uri))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            self.unknown.add(uri)
+            return None
+        return _entry(uri, info)
