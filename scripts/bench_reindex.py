@@ -58,12 +58,24 @@ def build(root: Path, index: Path, files: int) -> None:
             path = folder / f"photo{image_id:07d}.jpg"
             path.write_bytes(b"\xff\xd8\xff\xe0" + image_id.to_bytes(8, "little") * 8)
             stat = path.stat()
-            rows.append((image_id, source_id, str(path), str(folder), stat.st_size,
-                         stat.st_mtime_ns, fingerprint(str(path), stat.st_size), seq))
+            rows.append(
+                (
+                    image_id,
+                    source_id,
+                    str(path),
+                    str(folder),
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                    fingerprint(str(path), stat.st_size),
+                    seq,
+                )
+            )
             blobs.append((image_id, batch[n].tobytes()))
         raw.executemany(
             "INSERT INTO images (id, source_id, uri, folder, size, mtime_ns, fingerprint,"
-            " status, seq, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', ?, 0)", rows)
+            " status, seq, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', ?, 0)",
+            rows,
+        )
         raw.executemany("INSERT INTO vectors (image_id, vector) VALUES (?, ?)", blobs)
         vectors.add(np.array([b[0] for b in blobs]), batch)
     raw.execute("UPDATE meta SET value = ? WHERE key = 'change_seq'", (str(seq),))
@@ -80,8 +92,9 @@ def scan_memory(root: Path, index: Path) -> dict:
 
     def status(field: str) -> float:
         with open("/proc/self/status") as handle:
-            return next(int(line.split()[1]) / 1024 for line in handle
-                        if line.startswith(field + ":"))
+            return next(
+                int(line.split()[1]) / 1024 for line in handle if line.startswith(field + ":")
+            )
 
     catalog = Catalog(index)
     source = LocalSource.from_path(root)
@@ -91,15 +104,22 @@ def scan_memory(root: Path, index: Path) -> dict:
     started = time.perf_counter()
     plan = plan_sync(source, catalog)
     seconds = time.perf_counter() - started
-    return {"listed": plan.listed, "unchanged": plan.unchanged, "scan_s": seconds,
-            "scan_peak_mb": status("VmHWM") - before, "rss_before_mb": before}
+    return {
+        "listed": plan.listed,
+        "unchanged": plan.unchanged,
+        "scan_s": seconds,
+        "scan_peak_mb": status("VmHWM") - before,
+        "rss_before_mb": before,
+    }
 
 
 def clipdex_index(root: Path, index: Path) -> tuple[float, str]:
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "clipdex", "index", str(root), "--index", str(index)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return time.perf_counter() - started, done.stdout.strip()
 
@@ -121,16 +141,34 @@ def main() -> None:
         started = time.perf_counter()
         build(root, index, args.files)
         build_s = time.perf_counter() - started
-        scan = json.loads(subprocess.run(
-            [sys.executable, __file__, "--phase", "scan", "--root", str(root),
-             "--index", str(index)], check=True, stdout=subprocess.PIPE, text=True).stdout)
+        scan = json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--phase",
+                    "scan",
+                    "--root",
+                    str(root),
+                    "--index",
+                    str(index),
+                ],
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+            ).stdout
+        )
         noop_s, noop_out = clipdex_index(root, index)
         assert f"{args.files} unchanged" in noop_out, noop_out
         print(f"files={args.files:,} (synthetic build {build_s:.0f} s)")
-        print(f"no-op re-index: {noop_s:.2f} s wall, {args.files / noop_s:,.0f} files/s "
-              f"({noop_out.split(': ', 1)[1]})")
-        print(f"scan alone: {scan['scan_s']:.2f} s, peak memory {scan['scan_peak_mb']:.0f} MB "
-              f"above the {scan['rss_before_mb']:.0f} MB process")
+        print(
+            f"no-op re-index: {noop_s:.2f} s wall, {args.files / noop_s:,.0f} files/s "
+            f"({noop_out.split(': ', 1)[1]})"
+        )
+        print(
+            f"scan alone: {scan['scan_s']:.2f} s, peak memory {scan['scan_peak_mb']:.0f} MB "
+            f"above the {scan['rss_before_mb']:.0f} MB process"
+        )
         if args.move:
             target = root / "moved"
             target.mkdir()
@@ -144,8 +182,10 @@ def main() -> None:
             move_s, move_out = clipdex_index(root, index)
             embedded = int(re.search(r"(\d+) embedded", move_out).group(1))
             reused = int(re.search(r"(\d+) reused", move_out).group(1))
-            print(f"after moving {moved:,} files: {move_s:.2f} s wall, "
-                  f"{embedded} embedded, {reused:,} reused ({move_out.split(': ', 1)[1]})")
+            print(
+                f"after moving {moved:,} files: {move_s:.2f} s wall, "
+                f"{embedded} embedded, {reused:,} reused ({move_out.split(': ', 1)[1]})"
+            )
 
 
 if __name__ == "__main__":

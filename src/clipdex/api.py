@@ -18,9 +18,17 @@ from .embedding import (
     ModelSpec,
     resolve_weights,
 )
-from .errors import IndexNotFoundError, IndexReadOnlyError, ModelMismatchError, QueryError
+from .errors import (
+    ImageDecodeError,
+    IndexNotFoundError,
+    IndexReadOnlyError,
+    ModelMismatchError,
+    QueryError,
+    SourceError,
+)
+from .indexer.fetch import FileSystems, fetch_bytes
+from .indexer.remote import StoreOptions, open_source
 from .indexer.run import IndexReport, RunOptions, index_source
-from .indexer.sources import LocalSource
 from .indexer.sync import ProgressCallback
 from .search.labels import LabelSet
 from .search.query import SearchResult, query_vector, search_vectors
@@ -221,11 +229,19 @@ class Index:
         allow_empty: bool = False,
         verify: bool = False,
         wait: bool = False,
+        from_list: bool = False,
+        endpoint_url: str | None = None,
+        fetch_workers: int = 16,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
-        """Index a folder or one image file: embed what is new or changed, forget what is gone."""
-        source = LocalSource.from_path(
-            path, include_hidden=include_hidden, exclude=(self.folder.resolve(),)
+        """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
+        a file of uris: embed what is new or changed, forget what is gone."""
+        source = open_source(
+            path,
+            from_list=from_list,
+            include_hidden=include_hidden,
+            exclude=(self.folder.resolve(),),
+            options=StoreOptions(endpoint_url=endpoint_url),
         )
         self._prepare_folder()
         lock = WriterLock(self.folder)
@@ -244,6 +260,7 @@ class Index:
                 workers=workers,
                 allow_empty=allow_empty,
                 verify=verify,
+                fetch_workers=fetch_workers,
             )
             return index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress
@@ -265,6 +282,15 @@ class Index:
         finally:
             self.close_readers()
             lock.release()
+
+    def image_bytes(self, image_id: int) -> bytes:
+        """The bytes of an indexed image, from wherever it came from (for previews)."""
+        uri, _, options = self.catalog.source_of(image_id)
+        files = FileSystems(StoreOptions(**options))
+        try:
+            return fetch_bytes(files.for_uri(uri), uri)
+        except ImageDecodeError as exc:
+            raise SourceError(f"cannot read image {image_id} ({uri}): {exc}") from exc
 
     def _require_writable(self) -> None:
         if not _writable(self.folder):

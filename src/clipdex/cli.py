@@ -42,7 +42,7 @@ def _spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
 
 
 @cli.command("index")
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @index_option
 @model_options
 @click.option("--rebuild", is_flag=True, help="Re-embed every file (and allow a new model).")
@@ -58,7 +58,26 @@ def _spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
     type=click.IntRange(0, 64),
     default=2,
     show_default=True,
-    help="Decoding processes (0: decode in the main process).",
+    help="Decoding processes for local files (0: decode in the main process).",
+)
+@click.option(
+    "--fetch-workers",
+    type=click.IntRange(1, 256),
+    default=16,
+    show_default=True,
+    help="Concurrent downloads for remote sources.",
+)
+@click.option(
+    "--from-list",
+    "lists",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file of uris (https://, s3://, local paths), one a line.",
+)
+@click.option(
+    "--endpoint-url",
+    envvar="AWS_ENDPOINT_URL",
+    help="S3-compatible endpoint (MinIO, Ceph, R2...).",
 )
 @click.option("--include-hidden", is_flag=True, help="Also index hidden and system folders.")
 @click.option(
@@ -74,22 +93,9 @@ def _spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
 @click.option("--wait", is_flag=True, help="Wait for another writer instead of exiting.")
 @handle_errors
 def index_command(
-    paths,
-    index_dir,
-    model,
-    pretrained,
-    checkpoint,
-    device,
-    precision,
-    rebuild,
-    batch_size,
-    workers,
-    include_hidden,
-    allow_empty,
-    verify,
-    wait,
+    paths, lists, index_dir, model, pretrained, checkpoint, device, precision, **run_options
 ) -> None:
-    """Index image folders (or single files) into the index.
+    """Index image folders, files, bucket prefixes or lists of uris.
 
     Only new or changed files are embedded; files that are gone are forgotten.
 
@@ -97,24 +103,21 @@ def index_command(
     Example:
         clipdex index ~/Photos
         clipdex index ./images --model clipdex-tiny
+        clipdex index s3://photos/2024/ --endpoint-url http://127.0.0.1:9000
+        clipdex index --from-list urls.txt
     """
     from .api import Index
     from .cli_progress import Progress
 
+    if not paths and not lists:
+        raise click.UsageError("give a folder, file or uri to index, or --from-list FILE")
+    spec = _spec(model, pretrained, checkpoint)
+    targets = [(str(p), False) for p in paths] + [(str(p), True) for p in lists]
     with Index(index_dir, device=device, precision=precision) as index:
-        for path in paths:
-            with Progress(path) as progress:
+        for target, from_list in targets:
+            with Progress(target) as progress:
                 report = index.add(
-                    path,
-                    model=_spec(model, pretrained, checkpoint),
-                    rebuild=rebuild,
-                    batch_size=batch_size,
-                    workers=workers,
-                    include_hidden=include_hidden,
-                    allow_empty=allow_empty,
-                    verify=verify,
-                    wait=wait,
-                    on_progress=progress,
+                    target, model=spec, from_list=from_list, on_progress=progress, **run_options
                 )
             click.echo(
                 f"{report.source}: {report.added} added, {report.updated} updated, "

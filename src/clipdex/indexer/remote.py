@@ -118,6 +118,7 @@ class RemoteSource:
         options = options or StoreOptions()
         fs = fs or filesystem(uri, options)
         path = strip_scheme(uri)
+        fs.invalidate_cache()  # fsspec caches listings per instance: list the store afresh
         try:
             is_file = fs.isfile(path)
             if not is_file and not fs.isdir(path):
@@ -234,3 +235,21 @@ class ListSource:
             self.unknown.add(uri)
             return None
         return _entry(uri, info)
+
+
+def open_source(
+    path: str | Path,
+    *,
+    from_list: bool = False,
+    include_hidden: bool = False,
+    exclude: tuple[Path, ...] = (),
+    options: StoreOptions | None = None,
+):
+    """The source a user means: a list file, a remote uri, or a local folder or file."""
+    from .sources import LocalSource
+
+    if from_list:
+        return ListSource.from_file(path, options)
+    if is_remote(str(path)):
+        return RemoteSource.from_uri(str(path), options, include_hidden)
+    return LocalSource.from_path(path, include_hidden=include_hidden, exclude=exclude)
