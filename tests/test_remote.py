@@ -77,7 +77,7 @@ def index_bucket(index, s3_uri, endpoint, **options):
 
 
 def test_index_a_bucket_prefix_and_search_it(runner, bucket, endpoint, index_dir):
-    s3, name = bucket
+    _, name = bucket
     out = run_cli(runner, "index", f"s3://{name}/2024/", "--endpoint-url", endpoint, *TINY).stdout
     assert "201 added" in out and "1 failed" in out  # 200 images + the fake png; no .txt
     paths = run_cli(runner, "search", "a red car", "-k", "5", "--format", "paths").stdout.split()
