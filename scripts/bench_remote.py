@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_index import write_photos  # noqa: E402
+from bench_index import write_photos
 
 
 def free_port() -> int:
@@ -36,7 +36,8 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -68,8 +69,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--fetch-workers", type=int, default=16)
     args = parser.parse_args()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+    )
 
     import boto3
 
@@ -96,9 +98,13 @@ def main() -> None:
                 try:
                     with clipdex.open_index(Path(tmp) / name) as fresh:
                         fresh._embedder = embedder
-                        report = fresh.add(target, model=spec, endpoint_url=endpoint,
-                                           batch_size=args.batch_size,
-                                           fetch_workers=args.fetch_workers)
+                        report = fresh.add(
+                            target,
+                            model=spec,
+                            endpoint_url=endpoint,
+                            batch_size=args.batch_size,
+                            fetch_workers=args.fetch_workers,
+                        )
                 finally:
                     fetch.FileSystems.for_uri = real
                 assert report.added == args.images and report.failed == 0, report

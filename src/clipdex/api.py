@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .demo_weights import DEMO_MODEL, DEMO_TAG
 from .embedding import (
     DEFAULT_MODEL,
     DEFAULT_PRETRAINED,
@@ -344,7 +345,11 @@ def _same_model(stored: ModelIdentity, spec: ModelSpec) -> bool:
         return False
     pretrained = spec.pretrained
     if pretrained is None:
-        pretrained = {DEFAULT_MODEL: DEFAULT_PRETRAINED, TINY_MODEL: "none"}.get(spec.name)
+        pretrained = {
+            DEFAULT_MODEL: DEFAULT_PRETRAINED,
+            TINY_MODEL: "none",
+            DEMO_MODEL: DEMO_TAG,
+        }.get(spec.name)
     if spec.checkpoint is None and pretrained is not None:
         # Decided without importing open_clip: a re-run names the model it built with.
         asked = RANDOM_WEIGHTS if pretrained.lower() in NO_WEIGHTS else pretrained

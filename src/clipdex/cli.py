@@ -19,6 +19,7 @@ from .cli_options import (
     runtime_options,
 )
 from .cli_output import SEARCH_FORMATS, write_rows
+from .cli_train import demo_command, finetune_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -255,6 +256,8 @@ def check_command(index_dir, repair, wait) -> None:
 
 
 cli.add_command(classify_command)
+cli.add_command(finetune_command)
+cli.add_command(demo_command)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .demo_weights import DEMO_MODEL, DEMO_TAG, load_into
 from .errors import ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -108,6 +109,8 @@ def resolve_weights(spec: ModelSpec) -> tuple[str | None, str]:
         )
     tags = open_clip.list_pretrained_tags_by_model(spec.name)
     tag = spec.pretrained
+    if spec.name == DEMO_MODEL and tag in (None, DEMO_TAG):
+        return None, DEMO_TAG  # built with random weights, then the packaged ones loaded
     if tag is None:
         if spec.name == DEFAULT_MODEL:
             tag = DEFAULT_PRETRAINED
@@ -172,6 +175,8 @@ class Embedder:
         self.model, self.preprocess = _create_model(
             spec.name, pretrained, self.device, self.precision
         )
+        if weights == DEMO_TAG:
+            load_into(self.model)
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(spec.name)
         with torch.no_grad():

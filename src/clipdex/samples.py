@@ -24,6 +24,23 @@ COLOURS = {
     "black": (15, 15, 15),
 }
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross")
+#: Colour x shape combinations never shown to the demo model in training: one per colour,
+#: each shape at most twice, so every colour and shape is still seen with others.
+HELD_OUT = frozenset((c, SHAPES[(i * 5 + 1) % len(SHAPES)]) for i, c in enumerate(COLOURS))
+#: How captions are phrased; varied word order teaches colour and shape as separate words.
+CAPTIONS = (
+    "a {c} {s}",
+    "a photo of a {c} {s}",
+    "a {s} that is {c}",
+    "{c} {s}",
+    "a {c} {s} on a background",
+    "the {s} is {c}",
+)
+
+
+def labels() -> list[str]:
+    """Every colour x shape label, in a fixed order: `red circle`, `red square`, ..."""
+    return [f"{c} {s}" for c in COLOURS for s in SHAPES]
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,31 @@ def write_samples(
         draw_shape(colour, shape, size, seed=seed * 100_003 + i).save(path)
         samples.append(Sample(path, colour, shape))
     return samples
+
+
+def write_pairs(
+    folder: str | Path, per_combo: int, seed: int = 0, size: int = 48, held_out: bool = False
+) -> Path:
+    """A captioned training set: `per_combo` images of each seen (or held-out) combination,
+    with captions in varied phrasings and the combination as the group; returns pairs.csv."""
+    import random
+
+    from .training.pairs import Pair, write_pairs_csv
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    pairs = []
+    combos = [(c, s) for c in COLOURS for s in SHAPES if ((c, s) in HELD_OUT) == held_out]
+    for n in range(per_combo):
+        for k, (colour, shape) in enumerate(combos):
+            path = folder / f"{colour}-{shape}-{n:05d}.png"
+            draw_shape(colour, shape, size, seed=seed * 10_000_019 + n * 1000 + k).save(path)
+            caption = rng.choice(CAPTIONS).format(c=colour, s=shape)
+            pairs.append(Pair(str(path), caption, f"{colour} {shape}"))
+    csv_path = folder / "pairs.csv"
+    write_pairs_csv(pairs, csv_path)
+    return csv_path
 
 
 def main() -> None:

@@ -1,0 +1,111 @@
+"""Train the shipped demo model, clipdex-demo-shapes, with `clipdex finetune`; measure it.
+
+    python scripts/train_demo_model.py                 # writes src/clipdex/weights/...
+
+Seeded and reproducible. Generates captioned coloured shapes (the held-out colour x shape
+combinations never appear), fine-tunes clipdex-demo-shapes from random weights through the
+real CLI, then measures zero-shot top-1 accuracy over all 48 colour x shape labels on fresh
+images of seen and of held-out combinations, packs the weights (fp16, only the token
+embeddings of its vocabulary) into the package, and checks the packed model agrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clipdex.demo_weights import DEMO_MODEL, pack, weights_path
+from clipdex.embedding import Embedder, ModelSpec
+from clipdex.samples import CAPTIONS, COLOURS, HELD_OUT, SHAPES, draw_shape, labels, write_pairs
+from clipdex.search.labels import LabelSet
+from clipdex.search.zero_shot import build_label_matrix
+
+
+def accuracy(embedder: Embedder, combos, per_combo: int = 25, seed: int = 999) -> float:
+    """Zero-shot top-1 over all 48 labels, on fresh images of `combos`."""
+    import torch
+
+    _, matrix = build_label_matrix(embedder, LabelSet(labels()), "none")
+    names = labels()
+    correct = total = 0
+    for k, (colour, shape) in enumerate(sorted(combos)):
+        images = [
+            draw_shape(colour, shape, 48, seed=seed * 7919 + k * 1000 + n) for n in range(per_combo)
+        ]
+        vectors = embedder.encode_images(torch.stack([embedder.preprocess(i) for i in images]))
+        predicted = (vectors @ matrix.T).argmax(axis=1)
+        correct += int(np.sum(predicted == names.index(f"{colour} {shape}")))
+        total += per_combo
+    return correct / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-combo", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=weights_path())
+    args = parser.parse_args()
+    seen = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in HELD_OUT]
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        pairs = write_pairs(Path(tmp) / "train", args.per_combo, seed=args.seed)
+        checkpoint = Path(tmp) / "demo.pt"
+        command = [
+            sys.executable,
+            "-m",
+            "clipdex",
+            "finetune",
+            "--pairs",
+            str(pairs),
+            "--out",
+            str(checkpoint),
+            "--model",
+            DEMO_MODEL,
+            "--pretrained",
+            "none",
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+            "--lr",
+            str(args.lr),
+            "--warmup-steps",
+            "100",
+            "--val-split",
+            "0.05",
+            "--seed",
+            str(args.seed),
+        ]
+        print(" ".join(command[1:]), flush=True)
+        subprocess.run(command, check=True)
+        train_s = time.perf_counter() - started
+        trained = Embedder(ModelSpec(DEMO_MODEL, checkpoint=str(checkpoint)), precision="fp32")
+        seen_acc, held_acc = accuracy(trained, seen), accuracy(trained, HELD_OUT)
+        vocabulary = {c for c in COLOURS} | {s for s in SHAPES}
+        texts = [t.format(c=c, s=s) for t in CAPTIONS for c in COLOURS for s in SHAPES]
+        texts += labels() + sorted(vocabulary)
+        token_ids = trained.tokenizer(texts).flatten().tolist()
+        import torch
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(pack(trained.model.state_dict(), token_ids), args.out)
+    shipped = Embedder(ModelSpec(DEMO_MODEL), precision="fp32")
+    shipped_seen, shipped_held = accuracy(shipped, seen), accuracy(shipped, HELD_OUT)
+    print(
+        f"trained in {train_s:.0f} s: zero-shot top-1 over 48 labels: seen {seen_acc:.1%}, "
+        f"held-out {held_acc:.1%}; packed {args.out.stat().st_size / 1e6:.2f} MB: "
+        f"seen {shipped_seen:.1%}, held-out {shipped_held:.1%}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: contrastive fine-tuning on image-caption pairs, and the shipped demo model."""
