@@ -6,7 +6,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..storage.catalog import Catalog, KnownFile
+from ..storage.catalog import Catalog
+from ..storage.catalog_scan import KnownFile
 from .fingerprint import fingerprint
 from .remote import ListSource, RemoteSource
 from .sources import FileEntry, LocalSource

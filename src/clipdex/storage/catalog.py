@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DatabaseError
 
 from ..embedding import ModelIdentity
 from ..errors import CatalogError, IndexReadOnlyError, ModelMismatchError
+from .catalog_scan import ScanQueries
 from .schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -29,10 +29,9 @@ from .schema import (
     Tombstone,
     Vector,
 )
+from .sqlite import WriteScope, bump_seq, database_error, get_meta, make_engine, set_meta
 
 CATALOG_FILE = "catalog.sqlite"
-#: SQLite page cache per connection (negative: KiB), above the 2 MB default for big scans.
-CACHE_KIB = -65536
 
 
 @dataclass
@@ -55,17 +54,6 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
-class KnownFile:
-    """What the catalog remembers of one file, for deciding whether it changed."""
-
-    id: int
-    size: int
-    mtime_ns: int
-    status: str
-    fingerprint: str | None = None
-
-
-@dataclass(frozen=True)
 class ImageRow:
     id: int
     uri: str
@@ -76,14 +64,14 @@ class ImageRow:
     error: str | None
 
 
-class Catalog:
+class Catalog(ScanQueries):
     """SQLAlchemy 2.0 over SQLite in WAL mode. Every write is one transaction."""
 
     def __init__(self, folder: Path, read_only: bool = False):
         self.folder = folder
         self.path = folder / CATALOG_FILE
         self.read_only = read_only
-        self.engine = _make_engine(self.path, read_only)
+        self.engine = make_engine(self.path, read_only)
         try:
             if not read_only:
                 self._create_or_migrate()
@@ -91,7 +79,7 @@ class Catalog:
                 self._check_version()
         except DatabaseError as exc:
             self.engine.dispose()
-            raise _database_error(self.path, exc) from exc
+            raise database_error(self.path, exc) from exc
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -100,12 +88,12 @@ class Catalog:
             fresh = not conn.exec_driver_sql(
                 "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
             ).first()
-            version = None if fresh else _get_meta(conn, "schema_version")
+            version = None if fresh else get_meta(conn, "schema_version")
             if version is None:
                 Base.metadata.create_all(conn)
-                _set_meta(conn, "schema_version", str(SCHEMA_VERSION))
-                _set_meta(conn, "change_seq", "0")
-                _set_meta(conn, "created_at", str(time.time()))
+                set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+                set_meta(conn, "change_seq", "0")
+                set_meta(conn, "created_at", str(time.time()))
                 return
             current = int(version)
             if current > SCHEMA_VERSION:
@@ -116,11 +104,11 @@ class Catalog:
             while current < SCHEMA_VERSION:
                 MIGRATIONS[current](conn)
                 current += 1
-                _set_meta(conn, "schema_version", str(current))
+                set_meta(conn, "schema_version", str(current))
 
     def _check_version(self) -> None:
         with self.engine.connect() as conn:
-            version = _get_meta(conn, "schema_version")
+            version = get_meta(conn, "schema_version")
         if version is None or int(version) != SCHEMA_VERSION:
             raise CatalogError(
                 f"{self.path} has schema {version}, expected {SCHEMA_VERSION}; "
@@ -134,18 +122,18 @@ class Catalog:
 
     def change_seq(self) -> int:
         with self.engine.connect() as conn:
-            return int(_get_meta(conn, "change_seq") or 0)
+            return int(get_meta(conn, "change_seq") or 0)
 
     def model_identity(self) -> ModelIdentity | None:
         with self.engine.connect() as conn:
-            name = _get_meta(conn, "model_name")
+            name = get_meta(conn, "model_name")
             if name is None:
                 return None
             return ModelIdentity(
                 name=name,
-                weights=_get_meta(conn, "model_weights") or "",
-                dim=int(_get_meta(conn, "model_dim") or 0),
-                checkpoint_path=_get_meta(conn, "model_checkpoint_path"),
+                weights=get_meta(conn, "model_weights") or "",
+                dim=int(get_meta(conn, "model_dim") or 0),
+                checkpoint_path=get_meta(conn, "model_checkpoint_path"),
             )
 
     def claim_model(self, identity: ModelIdentity) -> None:
@@ -159,16 +147,16 @@ class Catalog:
                 )
             return
         with self._write() as conn:
-            _set_meta(conn, "model_name", identity.name)
-            _set_meta(conn, "model_weights", identity.weights)
-            _set_meta(conn, "model_dim", str(identity.dim))
+            set_meta(conn, "model_name", identity.name)
+            set_meta(conn, "model_weights", identity.weights)
+            set_meta(conn, "model_dim", str(identity.dim))
             if identity.checkpoint_path:
-                _set_meta(conn, "model_checkpoint_path", identity.checkpoint_path)
+                set_meta(conn, "model_checkpoint_path", identity.checkpoint_path)
 
     def reset(self) -> None:
         """Forget every image, vector and the model: used by `--rebuild` with a new model."""
         with self._write() as conn:
-            seq = _bump_seq(conn)
+            seq = bump_seq(conn)
             ids = list(conn.execute(select(Image.id)).scalars())
             _tombstone(conn, ids, seq)
             conn.execute(delete(ClassifyRun))
@@ -212,16 +200,6 @@ class Catalog:
             raise CatalogError(f"no image with id {image_id}")
         return row[0], row[1], json.loads(row[2]) if row[2] else {}
 
-    def known_for_source(self, source_id: int | None) -> dict[str, KnownFile]:
-        """Everything a source (a list of uris) brought in, by uri."""
-        if source_id is None:
-            return {}
-        query = select(
-            Image.uri, Image.id, Image.size, Image.mtime_ns, Image.status, Image.fingerprint
-        ).where(Image.source_id == source_id)
-        with self.engine.connect() as conn:
-            return {uri: KnownFile(*rest) for uri, *rest in conn.execute(query)}
-
     def mark_source_indexed(self, source_id: int) -> None:
         with self._write() as conn:
             conn.execute(
@@ -239,30 +217,6 @@ class Catalog:
 
     # -- images ----------------------------------------------------------------------------
 
-    def known_in_folder(self, folder: str, only: str | None = None) -> dict[str, KnownFile]:
-        """What the catalog holds directly in one folder (or, with `only`, for one uri)."""
-        query = select(
-            Image.uri, Image.id, Image.size, Image.mtime_ns, Image.status, Image.fingerprint
-        ).where(Image.folder == folder)
-        if only is not None:
-            query = query.where(Image.uri == only)
-        with self.engine.connect() as conn:
-            return {uri: KnownFile(*rest) for uri, *rest in conn.execute(query)}
-
-    def folders_under(self, prefix: str) -> Iterator[tuple[int, str]]:
-        """Stream (image id, folder) for every image whose uri starts with `prefix`."""
-        raw = self.engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            cursor.execute(
-                "SELECT id, folder FROM images WHERE uri >= ? AND uri < ?",
-                (prefix, prefix + "\U0010ffff"),
-            )
-            while rows := cursor.fetchmany(10_000):
-                yield from rows
-        finally:
-            raw.close()
-
     def write_batch(self, source_id: int, records: Iterable[ImageRecord]) -> int:
         """Insert or update a batch of images and their vectors in one transaction.
 
@@ -274,7 +228,7 @@ class Catalog:
             return self.change_seq()
         now = time.time()
         with self._write() as conn:
-            seq = _bump_seq(conn)
+            seq = bump_seq(conn)
             conn.exec_driver_sql(
                 _UPSERT_IMAGE,
                 [
@@ -324,7 +278,7 @@ class Catalog:
         if not ids:
             return self.change_seq()
         with self._write() as conn:
-            seq = _bump_seq(conn)
+            seq = bump_seq(conn)
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 conn.execute(delete(Vector).where(Vector.image_id.in_(chunk)))
@@ -363,45 +317,6 @@ class Catalog:
                 out.update(cursor.fetchall())
         finally:
             raw.close()
-        return out
-
-    def has_fingerprints(self) -> bool:
-        with self.engine.connect() as conn:
-            query = select(Image.id).where(Image.fingerprint.is_not(None)).limit(1)
-            return conn.execute(query).first() is not None
-
-    def find_fingerprints(self, fingerprints: list[str]) -> dict[str, int]:
-        """fingerprint -> id of a live image with a vector and that fingerprint."""
-        out: dict[str, int] = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(fingerprints), 500):
-                query = (
-                    select(Image.fingerprint, Image.id)
-                    .join(Vector, Vector.image_id == Image.id)
-                    .where(
-                        Image.fingerprint.in_(fingerprints[start : start + 500]),
-                        Image.status == "ok",
-                    )
-                )
-                out.update(conn.execute(query).all())
-        return out
-
-    def copies_of(
-        self, ids: list[int]
-    ) -> dict[int, tuple[np.ndarray, int | None, int | None, str | None]]:
-        """id -> (vector, width, height, format), to reuse for moved or copied files."""
-        out = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.exec_driver_sql(
-                    "SELECT i.id, v.vector, i.width, i.height, i.format FROM images i "
-                    f"JOIN vectors v ON v.image_id = i.id WHERE i.id IN ({marks})",
-                    tuple(chunk),
-                )
-                for image_id, blob, width, height, fmt in rows:
-                    out[image_id] = (np.frombuffer(blob, dtype="<f4").copy(), width, height, fmt)
         return out
 
     def counts(self) -> dict[str, int]:
@@ -470,59 +385,7 @@ class Catalog:
     def _write(self):
         if self.read_only:
             raise IndexReadOnlyError(f"index folder {self.folder} is read-only")
-        return _WriteScope(self)
-
-
-class _WriteScope:
-    """engine.begin() that turns SQLite's write failures into typed errors."""
-
-    def __init__(self, catalog: Catalog):
-        self.catalog = catalog
-        self.context = catalog.engine.begin()
-
-    def __enter__(self) -> Connection:
-        try:
-            return self.context.__enter__()
-        except DatabaseError as exc:
-            raise _database_error(self.catalog.path, exc) from exc
-
-    def __exit__(self, *exc_info) -> bool:
-        try:
-            return bool(self.context.__exit__(*exc_info))
-        except DatabaseError as exc:
-            raise _database_error(self.catalog.path, exc) from exc
-
-
-def _make_engine(path: Path, read_only: bool) -> Engine:
-    if read_only:
-        url = f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
-    else:
-        url = f"sqlite:///{path}"
-    engine = create_engine(url)
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: sqlite3.Connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute(f"PRAGMA cache_size = {CACHE_KIB}")
-        if not read_only:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
-
-    return engine
-
-
-def _database_error(path: Path, exc: DatabaseError) -> Exception:
-    message = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
-    if "readonly" in message or "read-only" in message:
-        return IndexReadOnlyError(f"index {path.parent} is read-only ({message})")
-    if "disk is full" in message or "database or disk is full" in message:
-        return CatalogError(f"disk full while writing {path}; free space and run again")
-    if isinstance(exc, OperationalError) and "unable to open" in message:
-        return IndexReadOnlyError(f"cannot open {path} ({message})")
-    return CatalogError(f"{path}: {message}")
+        return WriteScope(self)
 
 
 _UPSERT_IMAGE = """
@@ -535,21 +398,6 @@ ON CONFLICT (uri) DO UPDATE SET
     format = excluded.format, fingerprint = excluded.fingerprint, status = excluded.status,
     error = excluded.error, seq = excluded.seq, indexed_at = excluded.indexed_at
 """
-
-
-def _get_meta(conn: Connection, key: str) -> str | None:
-    return conn.execute(select(Meta.value).where(Meta.key == key)).scalar()
-
-
-def _set_meta(conn: Connection, key: str, value: str) -> None:
-    statement = sqlite_insert(Meta).values(key=key, value=value)
-    conn.execute(statement.on_conflict_do_update(index_elements=["key"], set_={"value": value}))
-
-
-def _bump_seq(conn: Connection) -> int:
-    seq = int(_get_meta(conn, "change_seq") or 0) + 1
-    _set_meta(conn, "change_seq", str(seq))
-    return seq
 
 
 def _tombstone(conn: Connection, ids: list[int], seq: int) -> None:

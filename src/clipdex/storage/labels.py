@@ -13,8 +13,9 @@ from sqlalchemy import func, insert, select
 
 from ..errors import IndexReadOnlyError
 from ..search.labels import LabelSet
-from .catalog import CACHE_KIB, Catalog
+from .catalog import Catalog
 from .schema import Assignment, ClassifyRun, RunLabel
+from .sqlite import CACHE_KIB
 
 
 def labels_key(labels: LabelSet, templates: str, model: str) -> str:
