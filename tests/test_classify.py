@@ -47,6 +47,10 @@ def cli(runner, index, *args, expect=0):
     return run_cli(runner, *args, "--index", str(index), *precision, expect=expect)
 
 
+def rows_of(runner, index, *args):
+    return json.loads(cli(runner, index, *args).stdout)
+
+
 def reference_classifier(names, templates) -> np.ndarray:
     """open_clip's own build_zero_shot_classifier over the same model, (labels x dim)."""
     from open_clip import build_zero_shot_classifier
@@ -101,21 +105,19 @@ def test_every_prediction_equals_numpy_argmax(runner, corpus):
 
 
 def test_top_n_and_threshold(runner, corpus):
-    rows = json.loads(
-        cli(
-            runner,
-            corpus,
-            "classify",
-            "--labels",
-            "a,b,c,d",
-            "--top",
-            "3",
-            "--templates",
-            "none",
-            "--format",
-            "json",
-            "--no-save",
-        ).stdout
+    rows = rows_of(
+        runner,
+        corpus,
+        "classify",
+        "--labels",
+        "a,b,c,d",
+        "--top",
+        "3",
+        "--templates",
+        "none",
+        "--format",
+        "json",
+        "--no-save",
     )
     assert len(rows) == 900
     first = [r for r in rows if r["uri"] == rows[0]["uri"]]
@@ -123,21 +125,19 @@ def test_top_n_and_threshold(runner, corpus):
     assert first[0]["score"] >= first[1]["score"] >= first[2]["score"]
     assert sum(r["probability"] for r in first) <= 1.0 + 1e-6
     cut = np.median([r["score"] for r in rows if r["rank"] == 1])
-    rows = json.loads(
-        cli(
-            runner,
-            corpus,
-            "classify",
-            "--labels",
-            "a,b,c,d",
-            "--templates",
-            "none",
-            "--threshold",
-            str(cut),
-            "--format",
-            "json",
-            "--no-save",
-        ).stdout
+    rows = rows_of(
+        runner,
+        corpus,
+        "classify",
+        "--labels",
+        "a,b,c,d",
+        "--templates",
+        "none",
+        "--threshold",
+        str(cut),
+        "--format",
+        "json",
+        "--no-save",
     )
     unlabelled = [r for r in rows if r["label"] is None]
     assert 100 <= len(unlabelled) <= 200 and all(r["score"] < cut for r in unlabelled)
@@ -145,18 +145,16 @@ def test_top_n_and_threshold(runner, corpus):
 
 def test_per_label_equals_brute_force_top_k(runner, corpus):
     names = ["red circle", "blue square", "green star"]
-    rows = json.loads(
-        cli(
-            runner,
-            corpus,
-            "classify",
-            "--labels",
-            ",".join(names),
-            "--per-label",
-            "7",
-            "--format",
-            "json",
-        ).stdout
+    rows = rows_of(
+        runner,
+        corpus,
+        "classify",
+        "--labels",
+        ",".join(names),
+        "--per-label",
+        "7",
+        "--format",
+        "json",
     )
     vectors = stored(corpus)
     uris = list(vectors)
@@ -176,19 +174,8 @@ def test_saved_run_round_trips_through_search_label_and_status(runner, corpus):
     )
     osprey = {r["uri"] for r in rows if r["label"] == "osprey"}
     assert osprey, "the tiny model put no image under 'osprey'; pick other names"
-    hits = json.loads(
-        cli(
-            runner,
-            corpus,
-            "search",
-            "anything",
-            "--label",
-            "osprey",
-            "-k",
-            "500",
-            "--format",
-            "json",
-        ).stdout
+    hits = rows_of(
+        runner, corpus, "search", "anything", "--label", "osprey", "-k", "500", "--format", "json"
     )
     assert {h["uri"] for h in hits} == osprey
     status = json.loads(cli(runner, corpus, "status", "--format", "json").stdout)

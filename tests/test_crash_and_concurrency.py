@@ -28,18 +28,22 @@ INDEX_ARGS = [
 ]
 
 
+def index_command(folder, index_dir) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "clipdex",
+        "index",
+        str(folder),
+        "--index",
+        str(index_dir),
+        *INDEX_ARGS,
+    ]
+
+
 def start_index(folder, index_dir) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "clipdex",
-            "index",
-            str(folder),
-            "--index",
-            str(index_dir),
-            *INDEX_ARGS,
-        ],
+        index_command(folder, index_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,16 +79,7 @@ def clean_run(tmp_path_factory):
     make_images(folder, 240, seed=11)
     index_dir = root / "index"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clipdex",
-            "index",
-            str(folder),
-            "--index",
-            str(index_dir),
-            *INDEX_ARGS,
-        ],
+        index_command(folder, index_dir),
         capture_output=True,
         text=True,
         check=True,
@@ -109,16 +104,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path, clean_run, point):
     kill_when(process, index_dir, conditions[point])
     before = committed(index_dir)
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "clipdex",
-            "index",
-            str(folder),
-            "--index",
-            str(index_dir),
-            *INDEX_ARGS,
-        ],
+        index_command(folder, index_dir),
         capture_output=True,
         text=True,
     )
