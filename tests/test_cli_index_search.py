@@ -87,6 +87,7 @@ def test_models_lists_default_and_tiny(runner):
     out = run_cli(runner, "models", "--format", "csv").stdout
     assert "ViT-B-32-256,datacomp_s34b_b86k,yes" in out
     assert "clipdex-tiny,none," in out
+    assert "clipdex-demo-shapes,shapes-v1," in out
 
 
 def test_hidden_and_system_folders_skipped_unless_asked(runner, tmp_path):

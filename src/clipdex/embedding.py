@@ -79,7 +79,8 @@ def list_architectures() -> list[tuple[str, list[str]]]:
 
     register_builtin_configs()
     return [
-        (name, open_clip.list_pretrained_tags_by_model(name)) for name in open_clip.list_models()
+        (name, [DEMO_TAG] if name == DEMO_MODEL else open_clip.list_pretrained_tags_by_model(name))
+        for name in open_clip.list_models()
     ]
 
 
