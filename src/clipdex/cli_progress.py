@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import sys
 
+#: phase -> (description, unit) for the bar
+PHASES = {
+    "scan": ("scanning {label}", "files"),
+    "embed": ("embedding", "images"),
+    "labels": ("encoding label prompts", "prompts"),
+    "classify": ("classifying", "images"),
+    "train": ("training", "steps"),
+}
+
 
 class Progress:
     """Shows "scanning" while a source is listed, then an images bar while embedding."""
@@ -19,8 +28,8 @@ class Progress:
         if phase != self.phase:
             self.close()
             self.phase = phase
-            description = f"scanning {self.label}" if phase == "scan" else "embedding"
-            unit = "files" if phase == "scan" else "images"
+            description, unit = PHASES.get(phase, (phase, "items"))
+            description = description.format(label=self.label)
             self.bar = tqdm(
                 total=total,
                 desc=description,
