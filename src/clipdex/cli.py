@@ -154,13 +154,10 @@ def search_command(query, image, k, min_score, label, index_dir, fmt, device, pr
         clipdex search "sleeping" --label cat
     """
     from .api import Index
-    from .errors import QueryError
 
     if query is None and image is None:
         raise click.UsageError("give a QUERY text or --image FILE")
     with Index(index_dir, device=device, precision=precision) as index:
-        if query is not None and not query.strip():
-            raise QueryError("the query text is empty")
         results = index.search(query, image=image, k=k, min_score=min_score, label=label)
     rows = [dict(rank=rank, **hit.as_dict()) for rank, hit in enumerate(results, 1)]
     columns = (

@@ -53,6 +53,18 @@ PRECISION_OPTION = click.option(
     help="auto: fp16 on CUDA, bf16 on CPUs that support it, else fp32.",
 )
 
+PRETRAINED_OPTION = click.option(
+    "--pretrained",
+    default=None,
+    help="Weights tag (see `clipdex models`), or 'none' for random weights.",
+)
+CHECKPOINT_OPTION = click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Local checkpoint file for --model (loaded weights-only).",
+)
+
 
 def runtime_options(func: Callable) -> Callable:
     """--device and --precision, for commands that run the index's model."""
@@ -70,17 +82,8 @@ def model_options(func: Callable) -> Callable:
             help="open_clip architecture or hf-hub: name "
             "[default: the index's model, else ViT-B-32-256].",
         ),
-        click.option(
-            "--pretrained",
-            default=None,
-            help="Weights tag (see `clipdex models`), or 'none' for random weights.",
-        ),
-        click.option(
-            "--checkpoint",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help="Local checkpoint file for --model (loaded weights-only).",
-        ),
+        PRETRAINED_OPTION,
+        CHECKPOINT_OPTION,
         DEVICE_OPTION,
         PRECISION_OPTION,
     ]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli_options import handle_errors
+from .cli_options import CHECKPOINT_OPTION, PRETRAINED_OPTION, handle_errors
 
 
 @click.command("finetune")
@@ -23,12 +23,8 @@ from .cli_options import handle_errors
     help="Where to write the weights (loadable with --checkpoint).",
 )
 @click.option("--model", "-m", default="clipdex-tiny", show_default=True, help="Architecture.")
-@click.option("--pretrained", default=None, help="Start from these weights ('none': scratch).")
-@click.option(
-    "--checkpoint",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Start from a local checkpoint of --model.",
-)
+@PRETRAINED_OPTION
+@CHECKPOINT_OPTION
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Epochs.")
 @click.option(
     "--batch-size", type=click.IntRange(min=2), default=64, show_default=True, help="Pairs a step."

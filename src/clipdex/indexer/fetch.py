@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ImageDecodeError
 from .decode import DEFAULT_MAX_PIXELS, load_image
-from .pipeline import Batch, Decoded
+from .pipeline import Batch, Decoded, collate
 from .remote import StoreOptions, filesystem, scheme_of, strip_scheme
 from .sources import FileEntry
 
@@ -95,7 +95,6 @@ def fetch_batches(
     retry: RetryPolicy = RetryPolicy(),
 ) -> Iterator[Batch]:
     """Yield batches in the order of `entries`; fetching overlaps the caller's embedding."""
-    import torch
 
     def work(entry: FileEntry) -> tuple[Decoded, Any]:
         fingerprint = entry.stored_fingerprint
@@ -132,12 +131,7 @@ def fetch_batches(
             items.append(future.result())
             in_flight -= entry.size
             if len(items) == batch_size:
-                yield _batch(items, torch)
+                yield collate(items)
                 items = []
         if items:
-            yield _batch(items, torch)
-
-
-def _batch(items: list[tuple[Decoded, Any]], torch) -> Batch:
-    tensors = [pixels for _, pixels in items if pixels is not None]
-    return Batch([decoded for decoded, _ in items], torch.stack(tensors) if tensors else None)
+            yield collate(items)

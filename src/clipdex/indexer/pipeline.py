@@ -64,7 +64,8 @@ class _DecodeDataset:
         return Decoded(entry, image.width, image.height, source_format, None, content), pixels
 
 
-def _collate(samples: list[tuple[Decoded, Any]]) -> Batch:
+def collate(samples: list[tuple[Decoded, Any]]) -> Batch:
+    """(Decoded, pixels or None) samples -> a Batch with the pixels of the decoded ones."""
     import torch
 
     items = [decoded for decoded, _ in samples]
@@ -91,7 +92,7 @@ def decode_batches(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate,
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None,
     )

@@ -139,10 +139,6 @@ class RemoteSource:
     def prefix(self) -> str:
         return self.uri if self.is_file else self.uri + "/"
 
-    def entries(self) -> Iterator[FileEntry]:
-        for _, files in self.folders():
-            yield from files or ()
-
     def folders(self) -> Iterator[tuple[str, list[FileEntry] | None]]:
         """(prefix uri, its image objects) for each prefix under the source, in order."""
         scheme = scheme_of(self.uri)
@@ -213,10 +209,6 @@ class ListSource:
         with ThreadPoolExecutor(self.stat_workers) as pool:
             found = list(pool.map(self._stat, self.uris))
         yield self.uri, [entry for entry in found if isinstance(entry, FileEntry)]
-
-    def entries(self) -> Iterator[FileEntry]:
-        for _, files in self.folders():
-            yield from files or ()
 
     def _stat(self, uri: str) -> FileEntry | None:
         """The entry; None if it is gone (its indexed row goes too); unknown if unreachable."""

@@ -82,7 +82,8 @@ def index_source(
                 "from it; if they were deleted on purpose, run again with --allow-empty"
             )
         raise SourceError(f"no images found in {source.uri}")
-    source_id = catalog.source_id(source.uri, source.kind, _store_options(source))
+    store = _options_of(source)
+    source_id = catalog.source_id(source.uri, source.kind, store.as_dict() if store else None)
     embedder = None
     if plan.to_embed:
         embedder = get_embedder()
@@ -195,10 +196,9 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
             options.workers,
             options.max_pixels,
         )
-    store = source.options if hasattr(source, "options") else StoreOptions()
     return fetch_batches(
         plan.to_embed,
-        FileSystems(store).for_uri,
+        FileSystems(_options_of(source)).for_uri,
         embedder.preprocess,
         options.batch_size,
         options.fetch_workers,
@@ -206,9 +206,9 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
     )
 
 
-def _store_options(source: Source) -> dict | None:
-    options = getattr(source, "options", None)
-    return options.as_dict() if options is not None else None
+def _options_of(source: Source) -> StoreOptions | None:
+    """How a remote source reaches its store; None for local folders and files."""
+    return getattr(source, "options", None)
 
 
 def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:

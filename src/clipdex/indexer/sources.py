@@ -75,11 +75,6 @@ class LocalSource:
         """Every uri of this source starts with this (a folder's path and a separator)."""
         return self.uri if self.is_file else os.path.join(self.uri, "")
 
-    def entries(self) -> Iterator[FileEntry]:
-        """Stream the source's image files."""
-        for _, files in self.folders():
-            yield from files or ()
-
     def folders(self) -> Iterator[tuple[str, list[FileEntry] | None]]:
         """Stream (folder, its image files) depth-first, names in code-point order.
 
