@@ -6,6 +6,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .demo_weights import DEMO_MODEL, DEMO_TAG
 from .embedding import (
@@ -28,8 +29,8 @@ from .errors import (
     SourceError,
 )
 from .indexer.fetch import FileSystems, fetch_bytes
-from .indexer.remote import StoreOptions, open_source
-from .indexer.run import IndexReport, RunOptions, index_source
+from .indexer.remote import StoreOptions, is_remote, open_source
+from .indexer.run import IndexReport, RunOptions, forget_source, index_source
 from .indexer.sync import ProgressCallback
 from .search.labels import LabelSet
 from .search.query import SearchResult, query_vector, search_vectors
@@ -53,6 +54,15 @@ def default_index_dir() -> Path:
     return Path(os.environ.get("CLIPDEX_INDEX") or DEFAULT_INDEX_DIR)
 
 
+class SourceStatus(NamedTuple):
+    uri: str
+    kind: str
+    indexed_at: float | None
+    images: int
+    #: The folder, file or list file is gone (a renamed folder, an unplugged drive).
+    missing: bool = False
+
+
 @dataclass(frozen=True)
 class IndexStatus:
     folder: str
@@ -65,7 +75,7 @@ class IndexStatus:
     index_bytes: int
     catalog_bytes: int
     change_seq: int
-    sources: list[tuple[str, str, float | None, int]]
+    sources: list[SourceStatus]
     failures: list[tuple[str, str]]
     index_load: LoadReport | None
     classify_run: int | None = None
@@ -209,7 +219,9 @@ class Index:
             index_bytes=index_file.stat().st_size if index_file.exists() else 0,
             catalog_bytes=(self.folder / CATALOG_FILE).stat().st_size,
             change_seq=catalog.change_seq(),
-            sources=catalog.sources(),
+            sources=[
+                SourceStatus(*row, _root_missing(row[0], row[1])) for row in catalog.sources()
+            ],
             failures=catalog.failures(failures),
             index_load=self._load_report,
             classify_run=run_id,
@@ -236,14 +248,29 @@ class Index:
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
         """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
-        a file of uris: embed what is new or changed, forget what is gone."""
-        source = open_source(
-            path,
-            from_list=from_list,
-            include_hidden=include_hidden,
-            exclude=(self.folder.resolve(),),
-            options=StoreOptions(endpoint_url=endpoint_url),
-        )
+        a file of uris: embed what is new or changed, forget what is gone.
+
+        A known source whose folder, file or list is gone is refused, or with
+        `allow_empty` forgotten (see `forget`).
+        """
+        try:
+            source = open_source(
+                path,
+                from_list=from_list,
+                include_hidden=include_hidden,
+                exclude=(self.folder.resolve(),),
+                options=StoreOptions(endpoint_url=endpoint_url),
+            )
+        except SourceError as exc:
+            gone = self._gone_source(path, from_list)
+            if gone is None:
+                raise
+            if allow_empty:
+                return self.forget(gone.uri, wait=wait)
+            raise SourceError(
+                f"{exc} (the index still holds {gone.images} images from it; "
+                "forget the source to remove them)"
+            ) from None
         self._prepare_folder()
         lock = WriterLock(self.folder)
         lock.acquire(wait=wait)
@@ -269,6 +296,41 @@ class Index:
         finally:
             self.close_readers()
             lock.release()
+
+    def forget(self, source: str | Path, *, wait: bool = False) -> IndexReport:
+        """Drop a source (a folder, file, bucket prefix or list file, as it was indexed,
+        whether or not it still exists): its images are removed unless another source
+        lists them too (those are counted as kept)."""
+        if not self.exists:
+            raise IndexNotFoundError(f"no index at {self.folder}")
+        self._require_writable()
+        lock = WriterLock(self.folder)
+        lock.acquire(wait=wait)
+        try:
+            self.close_readers()
+            catalog = self._catalog = Catalog(self.folder)
+            known = {row[0] for row in catalog.sources()}
+            uri = next((u for u in _uris_for(source) if u in known), None)
+            if uri is None:
+                raise SourceError(f"{source} is not a source of this index (its status lists them)")
+            return forget_source(self.folder, catalog, uri)
+        finally:
+            self.close_readers()
+            lock.release()
+
+    def _gone_source(self, path: str | Path, from_list: bool) -> SourceStatus | None:
+        """The known local source `path` names, if its folder, file or list is gone."""
+        if not self.exists or is_remote(str(path)):
+            return None
+        local = os.path.abspath(os.path.expanduser(str(path)))
+        if os.path.lexists(local):
+            return None
+        uri = f"list:{local}" if from_list else local
+        try:
+            rows = self.catalog.sources()
+        finally:
+            self.close_readers()
+        return next((SourceStatus(*row, True) for row in rows if row[0] == uri), None)
 
     def check(self, repair: bool = False, wait: bool = False) -> CheckReport:
         """Verify the index's invariants; with `repair`, rebuild what is derived."""
@@ -367,6 +429,24 @@ def _check_same_model(stored: ModelIdentity, spec: ModelSpec) -> None:
             f"{spec.name} ({weights}); use the index's model (leave out --model), "
             f"or start over with --rebuild or another --index folder"
         )
+
+
+def _uris_for(source: str | Path) -> list[str]:
+    """The uris a user may mean by `source`: as given, a remote uri, a local path, a list."""
+    text = str(source)
+    if is_remote(text):
+        return [text, text.rstrip("/")]
+    local = os.path.abspath(os.path.expanduser(text))
+    return [text, local, f"list:{local}"]
+
+
+def _root_missing(uri: str, kind: str) -> bool:
+    """Whether a local source's folder, file or list file no longer exists."""
+    if kind == "list":
+        return not os.path.exists(uri.removeprefix("list:"))
+    if kind in ("folder", "file"):
+        return not os.path.exists(uri)
+    return False  # a bucket or object: not checked without a network round trip
 
 
 def _writable(folder: Path) -> bool:

@@ -120,11 +120,39 @@ def index_command(
                 report = index.add(
                     target, model=spec, from_list=from_list, on_progress=progress, **run_options
                 )
+            kept = f" ({report.kept} kept: other sources list them)" if report.kept else ""
             click.echo(
                 f"{report.source}: {report.added} added, {report.updated} updated, "
-                f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed; "
-                f"{report.embedded} embedded, {report.reused} reused "
+                f"{report.removed} removed{kept}, {report.unchanged} unchanged, "
+                f"{report.failed} failed; {report.embedded} embedded, {report.reused} reused "
                 f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
+            )
+
+
+@cli.command("forget")
+@click.argument("sources", nargs=-1, required=True)
+@index_option
+@click.option("--wait", is_flag=True, help="Wait for another writer instead of exiting.")
+@handle_errors
+def forget_command(sources, index_dir, wait) -> None:
+    """Remove sources from the index, even ones whose folder is gone (renamed, unplugged).
+
+    SOURCE is a folder, file, bucket prefix or list file as it was indexed (`clipdex
+    status` lists them). Its images are removed, except those another source lists too.
+
+    \b
+    Example:
+        clipdex forget ~/Photos
+        clipdex forget urls.txt
+    """
+    from .api import Index
+
+    with Index(index_dir) as index:
+        for source in sources:
+            report = index.forget(source, wait=wait)
+            click.echo(
+                f"{report.source}: forgotten, {report.removed} removed, {report.kept} kept "
+                "(other sources list them)"
             )
 
 

@@ -15,8 +15,8 @@ def print_status(status: IndexStatus, fmt: str) -> None:
     if fmt == "json":
         data = asdict(status)
         data["sources"] = [
-            {"uri": uri, "kind": kind, "indexed_at": at, "images": count}
-            for uri, kind, at, count in status.sources
+            {"uri": uri, "kind": kind, "indexed_at": at, "images": count, "missing": missing}
+            for uri, kind, at, count, missing in status.sources
         ]
         data["failures"] = [{"uri": uri, "error": error} for uri, error in status.failures]
         data["label_counts"] = dict(status.label_counts)
@@ -42,9 +42,10 @@ def print_status(status: IndexStatus, fmt: str) -> None:
             f"          faiss file was {status.index_load.action}: {status.index_load.reason}"
         )
     lines.append("sources:")
-    for uri, kind, at, count in status.sources:
+    for uri, kind, at, count, missing in status.sources:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else "never finished"
-        lines.append(f"  {uri}  ({kind}, {count} files, indexed {when})")
+        gone = ", missing: `clipdex forget` removes it" if missing else ""
+        lines.append(f"  {uri}  ({kind}, {count} files, indexed {when}{gone})")
     if status.classify_run is not None:
         lines.append(f"labels (classification run {status.classify_run}):")
         lines.extend(f"  {label}: {count}" for label, count in status.label_counts)

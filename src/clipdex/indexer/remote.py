@@ -179,13 +179,17 @@ class ListSource:
     #: uris that could not be reached this time: their indexed rows are kept, not removed
     unknown: set[str] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        # One spelling per file, so that counts are rows: `./a.jpg` and `/x/a.jpg` are one.
+        self.uris = list(dict.fromkeys(_normalise(uri) for uri in self.uris))
+
     @classmethod
     def from_file(cls, path: str | Path, options: StoreOptions | None = None) -> ListSource:
         list_path = Path(os.path.abspath(os.path.expanduser(str(path))))
         if not list_path.is_file():
             raise SourceError(f"list file not found: {path}")
         lines = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines()]
-        uris = list(dict.fromkeys(u for u in lines if u and not u.startswith("#")))
+        uris = [u for u in lines if u and not u.startswith("#")]
         if not uris:
             raise SourceError(f"list file {path} has no uris")
         return cls(list_path, uris, options or StoreOptions())
@@ -213,12 +217,11 @@ class ListSource:
     def _stat(self, uri: str) -> FileEntry | None:
         """The entry; None if it is gone (its indexed row goes too); unknown if unreachable."""
         if not is_remote(uri):
-            path = os.path.abspath(os.path.expanduser(uri))
             try:
-                stat = os.stat(path)
+                stat = os.stat(uri)
             except OSError:
                 return None
-            return FileEntry(path, stat.st_size, stat.st_mtime_ns)
+            return FileEntry(uri, stat.st_size, stat.st_mtime_ns)
         try:
             info = filesystem(uri, self.options).info(strip_scheme(uri))
         except FileNotFoundError:
@@ -227,6 +230,11 @@ class ListSource:
             self.unknown.add(uri)
             return None
         return _entry(uri, info)
+
+
+def _normalise(uri: str) -> str:
+    """A local path made absolute and normal (as a folder walk names it); remote uris as is."""
+    return uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
 
 
 def open_source(

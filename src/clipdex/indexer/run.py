@@ -25,7 +25,11 @@ SAVE_EVERY_S = 60.0
 
 @dataclass(frozen=True)
 class IndexReport:
-    """What an index run did; `images_per_s` counts embedded images over the whole run."""
+    """What an index run (or forgetting a source) did; counts are images (catalog rows).
+
+    `removed` images are gone from the index; `kept` ones this source no longer lists but
+    another source still does. `images_per_s` counts embedded images over the whole run.
+    """
 
     source: str
     added: int
@@ -35,10 +39,12 @@ class IndexReport:
     failed: int
     seconds: float
     reused: int = 0  # new or changed files whose stored vector was reused (moves, copies)
+    kept: int = 0
 
     @property
     def embedded(self) -> int:
-        return self.added + self.updated - self.reused
+        """Files decoded and embedded now: neither reused nor failed."""
+        return self.added + self.updated - self.reused - self.failed
 
     @property
     def images_per_s(self) -> float:
@@ -76,25 +82,26 @@ def index_source(
     known_source = catalog.find_source_id(source.uri)
     plan = plan_sync(source, catalog, known_source, options.rebuild, options.verify, on_progress)
     if plan.listed == 0 and not options.allow_empty:
-        if plan.removed_ids:
+        if plan.unlink_ids:
             raise SourceError(
-                f"{source.uri} has no images now, but the index holds {len(plan.removed_ids)} "
+                f"{source.uri} has no images now, but the index holds {len(plan.unlink_ids)} "
                 "from it; if they were deleted on purpose, run again with --allow-empty"
             )
         raise SourceError(f"no images found in {source.uri}")
     store = _options_of(source)
     source_id = catalog.source_id(source.uri, source.kind, store.as_dict() if store else None)
+    catalog.link(source_id, plan.link_ids)
     embedder = None
     if plan.to_embed:
         embedder = get_embedder()
         catalog.claim_model(embedder.identity)
-    failed = 0
+    failed = removed = kept = 0
     has_model = catalog.model_identity() is not None
     stale = has_model and not VectorIndex.is_current(folder, catalog)  # killed before a save
-    if has_model and (embedder is not None or plan.removed_ids or plan.reuse or stale):
+    if has_model and (embedder is not None or plan.unlink_ids or plan.reuse or stale):
         vectors, _ = VectorIndex.open(folder, catalog)
         _reuse_vectors(catalog, source_id, plan.reuse)  # before the originals may be deleted
-        catalog.delete_images(plan.removed_ids)
+        removed, kept = catalog.unlink(source_id, plan.unlink_ids)
         vectors.catch_up(catalog)
         try:
             if embedder is not None:
@@ -123,11 +130,36 @@ def index_source(
         source=source.uri,
         added=plan.new,
         updated=plan.changed,
-        removed=len(plan.removed_ids),
+        removed=removed,
         unchanged=plan.unchanged,
         failed=failed,
         seconds=time.perf_counter() - started,
         reused=len(plan.reuse),
+        kept=kept,
+    )
+
+
+def forget_source(folder: Path, catalog: Catalog, uri: str) -> IndexReport:
+    """Unlink every image of a source and drop the source; images no other source lists
+    are deleted, and the FAISS file follows."""
+    started = time.perf_counter()
+    source_id = catalog.find_source_id(uri)
+    if source_id is None:
+        raise SourceError(f"{uri} is not a source of this index")
+    removed, kept = catalog.forget_source(source_id)
+    if catalog.model_identity() is not None and not VectorIndex.is_current(folder, catalog):
+        vectors, _ = VectorIndex.open(folder, catalog)
+        if vectors.dirty:
+            vectors.save(folder)
+    return IndexReport(
+        source=uri,
+        added=0,
+        updated=0,
+        removed=removed,
+        unchanged=0,
+        failed=0,
+        seconds=time.perf_counter() - started,
+        kept=kept,
     )
 
 

@@ -39,13 +39,16 @@ class SyncPlan:
     new: int = 0
     changed: int = 0
     unchanged: int = 0
-    removed_ids: list[int] = field(default_factory=list)
+    #: Unchanged images another source brought in, that this source lists too.
+    link_ids: list[int] = field(default_factory=list)
+    #: Images of this source that it no longer lists (deleted when no other source does).
+    unlink_ids: list[int] = field(default_factory=list)
 
 
 def plan_sync(
     source: Source,
     catalog: Catalog,
-    source_id: int,
+    source_id: int | None,
     rebuild: bool = False,
     verify: bool = False,
     on_progress: ProgressCallback | None = None,
@@ -55,9 +58,10 @@ def plan_sync(
     A file whose size and mtime match is unchanged, whether it was embedded or recorded as
     failed (`verify` also compares its content fingerprint). A new or changed file whose
     fingerprint matches a stored image (a move, a copy, a touch) reuses that vector;
-    `rebuild` re-embeds everything. Files the catalog knows under the source but the
-    listing no longer has are to be removed. If listing fails, SourceError propagates and
-    nothing is planned for removal.
+    `rebuild` re-embeds everything. Images of this source that the listing no longer has
+    are to be unlinked from it; images only other sources list are never touched, even in
+    folders this walk skips. If listing fails, SourceError propagates and nothing is
+    planned for removal.
     """
     match = not rebuild and catalog.has_fingerprints()
     plan = SyncPlan()
@@ -71,9 +75,10 @@ def plan_sync(
             continue
         # Only one folder's rows are in memory at a time (a list's rows are its folder).
         if source.kind == "list":
-            known = catalog.known_for_source(source_id)
+            known = catalog.known_for_list(source_id, [entry.uri for entry in files])
         else:
-            known = catalog.known_in_folder(folder, only=source.uri if source.is_file else None)
+            only = source.uri if source.is_file else None
+            known = catalog.known_in_folder(folder, source_id, only=only)
         for entry in files:
             plan.listed += 1
             if on_progress and plan.listed % 1000 == 0:
@@ -85,6 +90,8 @@ def plan_sync(
                 plan.changed += 1
             else:
                 plan.unchanged += 1
+                if not previous.linked:
+                    plan.link_ids.append(previous.id)
                 continue
             if match:
                 candidates.append(entry)
@@ -93,17 +100,19 @@ def plan_sync(
             else:
                 plan.to_embed.append(entry)
         unknown = getattr(source, "unknown", set())  # listed, but could not be reached now
-        plan.removed_ids.extend(row.id for uri, row in known.items() if uri not in unknown)
+        plan.unlink_ids.extend(
+            row.id for uri, row in known.items() if row.linked and uri not in unknown
+        )
     if candidates:
         _match(catalog, candidates, plan)
     if on_progress:
         on_progress("scan", plan.listed, plan.listed)
     if not source.is_file and source.kind != "list":
-        # Rows in folders the walk never reached: deleted (or now hidden) folders.
+        # This source's rows in folders the walk never reached: deleted (or now hidden).
         keep = tuple(os.path.join(f, "") for f in unreadable)
-        for image_id, folder in catalog.folders_under(source.prefix):
+        for image_id, folder in catalog.folders_under(source.prefix, source_id):
             if folder not in visited and not (folder + os.sep).startswith(keep or ("\0",)):
-                plan.removed_ids.append(image_id)
+                plan.unlink_ids.append(image_id)
     return plan
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DatabaseError
 
 from ..embedding import ModelIdentity
 from ..errors import CatalogError, IndexReadOnlyError, ModelMismatchError
+from .catalog_links import SourceLinks
 from .catalog_scan import ScanQueries
 from .schema import (
     MIGRATIONS,
@@ -24,6 +25,7 @@ from .schema import (
     Base,
     ClassifyRun,
     Image,
+    ImageSource,
     Meta,
     Source,
     Tombstone,
@@ -64,7 +66,7 @@ class ImageRow:
     error: str | None
 
 
-class Catalog(ScanQueries):
+class Catalog(ScanQueries, SourceLinks):
     """SQLAlchemy 2.0 over SQLite in WAL mode. Every write is one transaction."""
 
     def __init__(self, folder: Path, read_only: bool = False):
@@ -161,6 +163,7 @@ class Catalog(ScanQueries):
             _tombstone(conn, ids, seq)
             conn.execute(delete(ClassifyRun))
             conn.execute(delete(Vector))
+            conn.execute(delete(ImageSource))
             conn.execute(delete(Image))
             conn.execute(delete(Source))
             for key in ("model_name", "model_weights", "model_dim", "model_checkpoint_path"):
@@ -210,7 +213,9 @@ class Catalog(ScanQueries):
         """(uri, kind, last indexed at, image count) for every source."""
         with self.engine.connect() as conn:
             counts = dict(
-                conn.execute(select(Image.source_id, func.count()).group_by(Image.source_id)).all()
+                conn.execute(
+                    select(ImageSource.source_id, func.count()).group_by(ImageSource.source_id)
+                ).all()
             )
             rows = conn.execute(select(Source.id, Source.uri, Source.kind, Source.indexed_at)).all()
         return [(uri, kind, at, counts.get(sid, 0)) for sid, uri, kind, at in rows]
@@ -218,7 +223,8 @@ class Catalog(ScanQueries):
     # -- images ----------------------------------------------------------------------------
 
     def write_batch(self, source_id: int, records: Iterable[ImageRecord]) -> int:
-        """Insert or update a batch of images and their vectors in one transaction.
+        """Insert or update a batch of images and their vectors in one transaction, and
+        link them to `source_id` (an image another source holds keeps that link too).
 
         Plain SQL through executemany: building SQLAlchemy statements row by row cost
         more than the tiny model's whole forward pass.
@@ -256,6 +262,10 @@ class Catalog(ScanQueries):
                 conn.exec_driver_sql(
                     f"SELECT uri, id FROM images WHERE uri IN ({marks})", tuple(uris)
                 ).all()
+            )
+            conn.exec_driver_sql(
+                "INSERT OR IGNORE INTO image_sources (image_id, source_id) VALUES (?, ?)",
+                [(ids[u], source_id) for u in uris],
             )
             # Labels describe the old content of a rewritten image.
             conn.exec_driver_sql(
@@ -393,7 +403,7 @@ INSERT INTO images (source_id, uri, folder, size, mtime_ns, width, height, forma
                     status, error, seq, indexed_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (uri) DO UPDATE SET
-    source_id = excluded.source_id, folder = excluded.folder, size = excluded.size,
+    folder = excluded.folder, size = excluded.size,
     mtime_ns = excluded.mtime_ns, width = excluded.width, height = excluded.height,
     format = excluded.format, fingerprint = excluded.fingerprint, status = excluded.status,
     error = excluded.error, seq = excluded.seq, indexed_at = excluded.indexed_at

@@ -20,6 +20,16 @@ class KnownFile:
     mtime_ns: int
     status: str
     fingerprint: str | None = None
+    #: Whether the scanning source lists it already (else another source brought it in).
+    linked: bool = True
+
+
+#: Columns of a KnownFile, after the uri; `?` is the scanning source's id.
+_KNOWN = (
+    "SELECT i.uri, i.id, i.size, i.mtime_ns, i.status, i.fingerprint, "
+    "EXISTS (SELECT 1 FROM image_sources l WHERE l.image_id = i.id AND l.source_id = ?) "
+    "FROM images i"
+)
 
 
 class ScanQueries:
@@ -27,39 +37,52 @@ class ScanQueries:
 
     engine: object
 
-    def known_in_folder(self, folder: str, only: str | None = None) -> dict[str, KnownFile]:
-        """What the catalog holds directly in one folder (or, with `only`, for one uri)."""
-        query = select(
-            Image.uri, Image.id, Image.size, Image.mtime_ns, Image.status, Image.fingerprint
-        ).where(Image.folder == folder)
+    def known_in_folder(
+        self, folder: str, source_id: int | None, only: str | None = None
+    ) -> dict[str, KnownFile]:
+        """What the catalog holds directly in one folder (or, with `only`, for one uri),
+        from any source; `linked` says which rows `source_id` lists already."""
+        sql, params = f"{_KNOWN} WHERE i.folder = ?", [source_id, folder]
         if only is not None:
-            query = query.where(Image.uri == only)
+            sql, params = sql + " AND i.uri = ?", [*params, only]
         with self.engine.connect() as conn:
-            return {uri: KnownFile(*rest) for uri, *rest in conn.execute(query)}
+            rows = conn.exec_driver_sql(sql, tuple(params))
+            return {uri: KnownFile(*rest[:5], linked=bool(rest[5])) for uri, *rest in rows}
 
-    def folders_under(self, prefix: str) -> Iterator[tuple[int, str]]:
-        """Stream (image id, folder) for every image whose uri starts with `prefix`."""
+    def folders_under(self, prefix: str, source_id: int | None) -> Iterator[tuple[int, str]]:
+        """Stream (image id, folder) for every image of `source_id` whose uri starts with
+        `prefix`. Images only other sources list are not this source's to remove."""
+        if source_id is None:
+            return
         raw = self.engine.raw_connection()
         try:
             cursor = raw.cursor()
             cursor.execute(
-                "SELECT id, folder FROM images WHERE uri >= ? AND uri < ?",
-                (prefix, prefix + "\U0010ffff"),
+                "SELECT i.id, i.folder FROM images i JOIN image_sources l "
+                "ON l.image_id = i.id AND l.source_id = ? WHERE i.uri >= ? AND i.uri < ?",
+                (source_id, prefix, prefix + "\U0010ffff"),
             )
             while rows := cursor.fetchmany(10_000):
                 yield from rows
         finally:
             raw.close()
 
-    def known_for_source(self, source_id: int | None) -> dict[str, KnownFile]:
-        """Everything a source (a list of uris) brought in, by uri."""
-        if source_id is None:
-            return {}
-        query = select(
-            Image.uri, Image.id, Image.size, Image.mtime_ns, Image.status, Image.fingerprint
-        ).where(Image.source_id == source_id)
+    def known_for_list(self, source_id: int | None, uris: list[str]) -> dict[str, KnownFile]:
+        """Everything a list source brought in, and whatever the catalog holds of `uris`."""
+        queries: list[tuple[str, tuple]] = []
+        if source_id is not None:
+            mine = f"{_KNOWN} JOIN image_sources m ON m.image_id = i.id AND m.source_id = ?"
+            queries.append((mine, (source_id, source_id)))
+        for start in range(0, len(uris), 500):
+            chunk = uris[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            queries.append((f"{_KNOWN} WHERE i.uri IN ({marks})", (source_id, *chunk)))
+        out: dict[str, KnownFile] = {}
         with self.engine.connect() as conn:
-            return {uri: KnownFile(*rest) for uri, *rest in conn.execute(query)}
+            for sql, params in queries:
+                for uri, *rest in conn.exec_driver_sql(sql, params):
+                    out[uri] = KnownFile(*rest[:5], linked=bool(rest[5]))
+        return out
 
     def has_fingerprints(self) -> bool:
         with self.engine.connect() as conn:

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -49,7 +49,11 @@ class Source(Base):
 
 
 class Image(Base):
-    """One image file. Its integer id is its id in the FAISS index."""
+    """One image file. Its integer id is its id in the FAISS index.
+
+    One uri is one row, whichever sources list it: `image_sources` links it to each of
+    them, and `source_id` is one of those (the first; where its bytes are fetched from).
+    """
 
     __tablename__ = "images"
     __table_args__ = (
@@ -74,6 +78,22 @@ class Image(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     seq: Mapped[int] = mapped_column(Integer)  # change sequence of the last write
     indexed_at: Mapped[float] = mapped_column(Float)
+
+
+class ImageSource(Base):
+    """An image listed by a source. The image is deleted when its last link goes."""
+
+    __tablename__ = "image_sources"
+    __table_args__ = (
+        Index("ix_image_sources_source", "source_id"),
+        {"sqlite_with_rowid": False},
+    )
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    source_id: Mapped[int] = mapped_column(
+        ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class Vector(Base):
@@ -158,5 +178,16 @@ def _add_classification_and_fingerprints(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_images_folder ON images (folder)")
 
 
+def _add_image_sources(conn: Connection) -> None:
+    """Version 3: an image may belong to several sources (a folder, a subfolder, a list)."""
+    Base.metadata.create_all(conn, tables=[ImageSource.__table__])
+    conn.exec_driver_sql(
+        "INSERT OR IGNORE INTO image_sources (image_id, source_id) SELECT id, source_id FROM images"
+    )
+
+
 #: MIGRATIONS[n] upgrades a catalog from schema version n to n + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_classification_and_fingerprints}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _add_classification_and_fingerprints,
+    2: _add_image_sources,
+}
