@@ -77,6 +77,10 @@ def build(root: Path, index: Path, files: int) -> None:
             rows,
         )
         raw.executemany("INSERT INTO vectors (image_id, vector) VALUES (?, ?)", blobs)
+        raw.executemany(
+            "INSERT INTO image_sources (image_id, source_id) VALUES (?, ?)",
+            [(row[0], source_id) for row in rows],
+        )
         vectors.add(np.array([b[0] for b in blobs]), batch)
     raw.execute("UPDATE meta SET value = ? WHERE key = 'change_seq'", (str(seq),))
     raw.commit()
@@ -102,7 +106,7 @@ def scan_memory(root: Path, index: Path) -> dict:
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")
     started = time.perf_counter()
-    plan = plan_sync(source, catalog)
+    plan = plan_sync(source, catalog, catalog.find_source_id(source.uri))
     seconds = time.perf_counter() - started
     return {
         "listed": plan.listed,
