@@ -18,7 +18,7 @@ from .cli_options import (
     model_options,
     runtime_options,
 )
-from .cli_output import SEARCH_FORMATS, write_rows
+from .cli_output import SEARCH_FORMATS, escape_control, write_rows
 from .cli_train import demo_command, finetune_command
 
 
@@ -121,7 +121,7 @@ def index_command(
                     target, model=spec, from_list=from_list, on_progress=progress, **run_options
                 )
             click.echo(
-                f"{report.source}: {report.added} added, {report.updated} updated, "
+                f"{escape_control(report.source)}: {report.added} added, {report.updated} updated, "
                 f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed; "
                 f"{report.embedded} embedded, {report.reused} reused "
                 f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
@@ -242,9 +242,9 @@ def check_command(index_dir, repair, wait) -> None:
     with Index(index_dir) as index:
         report = index.check(repair=repair, wait=wait)
     for problem in report.problems:
-        click.echo(f"problem: {problem}")
+        click.echo(f"problem: {escape_control(problem)}")
     for repair_done in report.repairs:
-        click.echo(f"repaired: {repair_done}")
+        click.echo(f"repaired: {escape_control(repair_done)}")
     if report.ok:
         click.echo(f"ok: {report.images} images, {report.vectors} vectors, FAISS in agreement")
     elif not repair:
