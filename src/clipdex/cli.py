@@ -116,7 +116,7 @@ def index_command(
     targets = [(str(p), False) for p in paths] + [(str(p), True) for p in lists]
     with Index(index_dir, device=device, precision=precision) as index:
         for target, from_list in targets:
-            with Progress(target) as progress:
+            with Progress(escape_control(target)) as progress:
                 report = index.add(
                     target, model=spec, from_list=from_list, on_progress=progress, **run_options
                 )
