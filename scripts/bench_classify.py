@@ -8,7 +8,7 @@ Phase 1 (a subprocess) writes a synthetic index: N random unit vectors into the 
 the index as `clipdex classify` does, then times:
   - bare:   numpy float32 `vectors @ labels.T` over the same vectors, in the same chunks;
   - assign: clipdex's assignment step (stored vectors -> scores, top label, probability);
-  - save:   writing the N results to the catalog in one transaction.
+  - save:   writing the run and its N results to the catalog in one transaction.
 and reports peak RSS above the RSS once the vectors are loaded.
 """
 
@@ -61,8 +61,8 @@ def build(folder: Path, n: int, dim: int) -> None:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         ids = np.arange(start + 1, start + count + 1)
         raw.executemany(
-            "INSERT INTO images (id, source_id, uri, size, mtime_ns, status, seq, indexed_at)"
-            " VALUES (?, ?, ?, 0, 0, 'ok', ?, 0)",
+            "INSERT INTO images (id, source_id, uri, folder, size, mtime_ns, status, seq,"
+            " indexed_at) VALUES (?, ?, ?, '/synthetic', 0, 0, 'ok', ?, 0)",
             [(int(i), source_id, f"/synthetic/{i:07d}.jpg", seq) for i in ids],
         )
         raw.executemany(
@@ -110,7 +110,7 @@ def measure(folder: Path, labels: int, dim: int) -> dict:
     assert sum(len(r.ids) for r in results) == n
 
     store = LabelStore(catalog)
-    run_id = store.create_run(LabelSet([f"label {i}" for i in range(labels)]), "none", "synthetic")
+    names = LabelSet([f"label {i}" for i in range(labels)])
     started = time.perf_counter()
     columns = (
         (
@@ -122,7 +122,7 @@ def measure(folder: Path, labels: int, dim: int) -> dict:
         )
         for r in results
     )
-    saved = store.save(run_id, columns)
+    _, saved = store.save(names, "none", "synthetic", columns, as_of_seq=vectors.seq)
     save_s = time.perf_counter() - started
     assert saved == n
     return {

@@ -18,7 +18,7 @@ from .cli_options import (
     model_options,
     runtime_options,
 )
-from .cli_output import SEARCH_FORMATS, write_rows
+from .cli_output import SEARCH_FORMATS, escape_control, write_rows
 from .cli_train import demo_command, finetune_command
 
 
@@ -116,13 +116,13 @@ def index_command(
     targets = [(str(p), False) for p in paths] + [(str(p), True) for p in lists]
     with Index(index_dir, device=device, precision=precision) as index:
         for target, from_list in targets:
-            with Progress(target) as progress:
+            with Progress(escape_control(target)) as progress:
                 report = index.add(
                     target, model=spec, from_list=from_list, on_progress=progress, **run_options
                 )
             kept = f" ({report.kept} kept: other sources list them)" if report.kept else ""
             click.echo(
-                f"{report.source}: {report.added} added, {report.updated} updated, "
+                f"{escape_control(report.source)}: {report.added} added, {report.updated} updated, "
                 f"{report.removed} removed{kept}, {report.unchanged} unchanged, "
                 f"{report.failed} failed; {report.embedded} embedded, {report.reused} reused "
                 f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
@@ -270,9 +270,9 @@ def check_command(index_dir, repair, wait) -> None:
     with Index(index_dir) as index:
         report = index.check(repair=repair, wait=wait)
     for problem in report.problems:
-        click.echo(f"problem: {problem}")
+        click.echo(f"problem: {escape_control(problem)}")
     for repair_done in report.repairs:
-        click.echo(f"repaired: {repair_done}")
+        click.echo(f"repaired: {escape_control(repair_done)}")
     if report.ok:
         click.echo(f"ok: {report.images} images, {report.vectors} vectors, FAISS in agreement")
     elif not repair:

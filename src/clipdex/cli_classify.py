@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import IO
 import click
 
 from .cli_options import handle_errors, index_option, runtime_options
-from .cli_output import FORMATS, write_rows
+from .cli_output import FORMATS, escape_control, write_rows
 
 ASSIGNMENT_COLUMNS = ("uri", "label", "score", "probability", "rank")
 PER_LABEL_COLUMNS = ("label", "rank", "uri", "score")
@@ -88,6 +86,10 @@ def classify_command(
 
     if (labels_text is None) == (labels_file is None):
         raise click.UsageError("give exactly one of --labels or --labels-file")
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise click.ClickException(
+            f"--threshold must be a cosine between -1 and 1 (got {threshold})"
+        )
     labels = parse_labels(labels_text) if labels_text is not None else read_labels_file(labels_file)
     fmt = fmt or _format_for(out)
     started = time.perf_counter()
@@ -108,6 +110,9 @@ def classify_command(
         with _output(out) as stream:
             write_rows(result.records(index.catalog), ASSIGNMENT_COLUMNS, fmt, stream)
     saved = f", saved as run {result.run_id}" if result.run_id and not no_save else ""
+    if saved and result.saved < result.images:
+        gone = result.images - result.saved
+        saved += f" ({gone} deleted or re-indexed meanwhile, not saved)"
     click.echo(
         f"classified {result.images} images with {len(labels)} labels "
         f"in {time.perf_counter() - started:.1f} s{saved}",
@@ -125,20 +130,16 @@ def _format_for(out: Path | None) -> str:
 
 @contextlib.contextmanager
 def _output(out: Path | None) -> Iterator[IO[str] | None]:
-    """stdout, or a temporary file renamed onto `out` only once it is complete."""
+    """stdout, or `out` written whole (storage/atomic.py): a regular file is replaced only
+    once complete; a symlink's target, a device or a FIFO is written in place."""
     if out is None:
         yield None
         return
-    folder = out.parent if str(out.parent) else Path(".")
+    from .storage.atomic import atomic_open
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {out}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as stream:
+        with atomic_open(out, "w", encoding="utf-8", newline="") as stream:
             yield stream
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise click.ClickException(escape_control(f"cannot write {out}: {reason}")) from None

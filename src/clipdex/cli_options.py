@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .cli_output import FORMATS
+from .cli_output import FORMATS, escape_control
 
 INDEX_HELP = "Index folder (default ./.clipdex)."
 
@@ -102,7 +102,7 @@ def handle_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except ClipdexError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(escape_control(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted: batches already committed are kept", err=True)
             sys.exit(130)

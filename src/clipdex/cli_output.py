@@ -44,16 +44,32 @@ def _plain(value: Any) -> Any:
     return "" if value is None else value
 
 
+def escape_control(text: Any) -> str:
+    """`text` safe for a terminal line: control characters (C0, DEL, C1) and the Unicode
+    line and paragraph separators written as escapes.
+
+    A file name, folder or label may hold a newline (forging a line of output) or an ESC
+    sequence (reaching the terminal); human-readable output shows `\\n`, `\\x1b` instead.
+    JSON, CSV and `--format paths` print names exactly.
+    """
+    return str(text).translate(_ESCAPES)
+
+
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    # A file name may hold a newline or a tab; a table row must stay one line.
-    return str(value).translate(_ESCAPES)
-
-
-_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+    return escape_control(value)
 
 
 def _write_table(rows: list[dict[str, Any]], columns: Sequence[str], out: IO[str]) -> None:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 import click
 
 from .api import IndexStatus
+from .cli_output import escape_control
 
 
 def print_status(status: IndexStatus, fmt: str) -> None:
@@ -28,9 +29,9 @@ def print_status(status: IndexStatus, fmt: str) -> None:
             }
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
-    model = status.model.describe() if status.model else "none yet"
+    model = escape_control(status.model.describe()) if status.model else "none yet"
     lines = [
-        f"index:    {status.folder}",
+        f"index:    {escape_control(status.folder)}",
         f"model:    {model}",
         f"images:   {status.images} indexed, {status.failed} failed",
         f"faiss:    {status.index_type}, {status.index_vectors} vectors, "
@@ -39,16 +40,17 @@ def print_status(status: IndexStatus, fmt: str) -> None:
     ]
     if status.index_load is not None and status.index_load.action != "loaded":
         lines.append(
-            f"          faiss file was {status.index_load.action}: {status.index_load.reason}"
+            f"          faiss file was {status.index_load.action}: "
+            f"{escape_control(status.index_load.reason)}"
         )
     lines.append("sources:")
     for uri, kind, at, count, missing in status.sources:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(at)) if at else "never finished"
         gone = ", missing: `clipdex forget` removes it" if missing else ""
-        lines.append(f"  {uri}  ({kind}, {count} files, indexed {when}{gone})")
+        lines.append(f"  {escape_control(uri)}  ({kind}, {count} files, indexed {when}{gone})")
     if status.classify_run is not None:
         lines.append(f"labels (classification run {status.classify_run}):")
-        lines.extend(f"  {label}: {count}" for label, count in status.label_counts)
+        lines.extend(f"  {escape_control(label)}: {count}" for label, count in status.label_counts)
     if status.failures:
         shown = len(status.failures)
         lines.append(
@@ -56,7 +58,9 @@ def print_status(status: IndexStatus, fmt: str) -> None:
             if shown < status.failed
             else "failures:"
         )
-        lines.extend(f"  {uri}: {error}" for uri, error in status.failures)
+        lines.extend(
+            f"  {escape_control(uri)}: {escape_control(error)}" for uri, error in status.failures
+        )
     for line in lines:
         click.echo(line)
 

@@ -67,6 +67,12 @@ def label_vectors(
     return vectors / np.maximum(norms, 1e-12)
 
 
+def check_threshold(threshold: float | None) -> None:
+    """A threshold is a cosine: outside [-1, 1] (or NaN) it would label every image or none."""
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise QueryError(f"threshold must be a cosine between -1 and 1 (got {threshold})")
+
+
 @dataclass
 class ChunkAssignment:
     """The top labels of one chunk of images: arrays of shape (n,) or (n, top)."""
@@ -92,6 +98,7 @@ def assign(
     """
     if top < 1:
         raise QueryError(f"--top must be at least 1 (got {top})")
+    check_threshold(threshold)
     top = min(top, len(label_matrix))
     scaled = np.ascontiguousarray((label_matrix * logit_scale).T, dtype=np.float32)
     threads = threads or os.cpu_count() or 1

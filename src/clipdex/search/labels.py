@@ -32,7 +32,7 @@ def read_labels_file(path: str | Path) -> LabelSet:
         raise LabelsError(f"labels file not found: {path}")
     names: list[str] = []
     prompts: dict[str, list[str]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_utf8(path, LabelsError).splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -47,6 +47,19 @@ def read_labels_file(path: str | Path) -> LabelSet:
     if not names:
         raise LabelsError(f"labels file {path} has no labels")
     return _validated(names, prompts, str(path))
+
+
+def read_utf8(path: Path, error: type[Exception]) -> str:
+    """A text file's contents (UTF-8, a BOM allowed); `error` names a binary or unreadable
+    file in one line instead of a UnicodeDecodeError."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _validated(names: list[str], prompts: dict[str, list[str]], where: str) -> LabelSet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import LabelsError
+from .labels import read_utf8
 
 TEMPLATE_SETS = ("openai", "simple", "none")
 
@@ -30,7 +31,7 @@ def load_templates(name_or_file: str) -> tuple[str, list[str]]:
             f"unknown template set '{name_or_file}': use {', '.join(TEMPLATE_SETS)} "
             "or a file of templates with {}"
         )
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in read_utf8(path, LabelsError).splitlines()]
     templates = [line for line in lines if line and not line.startswith("#")]
     if not templates:
         raise LabelsError(f"template file {path} has no templates")

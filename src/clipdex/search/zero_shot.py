@@ -12,7 +12,13 @@ from ..errors import QueryError
 from ..storage.catalog import Catalog
 from ..storage.labels import LabelStore, labels_key
 from ..storage.vectors import VectorIndex
-from .classify import ChunkAssignment, ProgressCallback, assign, label_vectors
+from .classify import (
+    ChunkAssignment,
+    ProgressCallback,
+    assign,
+    check_threshold,
+    label_vectors,
+)
 from .labels import LabelSet
 from .templates import load_templates
 
@@ -25,6 +31,9 @@ class ClassifyOptions:
     only_new: bool = False
     save: bool = True
 
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold)
+
 
 @dataclass
 class Classification:
@@ -35,6 +44,9 @@ class Classification:
     templates: str
     run_id: int | None = None
     chunks: list[ChunkAssignment] = field(default_factory=list)
+    #: Images whose labels were saved: fewer than `images` when some were deleted or
+    #: re-embedded while they were being classified.
+    saved: int = 0
 
     @property
     def images(self) -> int:
@@ -53,15 +65,20 @@ class Classification:
                 )
 
     def records(self, catalog: Catalog) -> Iterator[dict]:
-        """Rows for output: uri, label, score, probability, rank (label None below threshold)."""
+        """Rows for output: uri, label, score, probability, rank (label None below threshold).
+
+        Images deleted since they were classified have no uri any more: left out.
+        """
         for chunk in self.chunks:
             uris = catalog.uris(chunk.ids.tolist())
             for n, image_id in enumerate(chunk.ids.tolist()):
+                if image_id not in uris:
+                    continue
                 for rank in range(chunk.labels.shape[1]):
                     position = int(chunk.labels[n, rank])
                     yield {
                         "id": image_id,
-                        "uri": uris.get(image_id),
+                        "uri": uris[image_id],
                         "label": self.labels[position] if position >= 0 else None,
                         "score": round(float(chunk.scores[n, rank]), 6),
                         "probability": round(float(chunk.probabilities[n, rank]), 6),
@@ -110,9 +127,16 @@ def classify_index(
         if on_progress:
             on_progress("classify", result.images, total)
     if options.save and result.images:
-        if result.run_id is None:
-            result.run_id = store.create_run(labels, description, embedder.identity.describe())
-        store.save(result.run_id, result.columns())
+        # One transaction, skipping images deleted or rewritten since `vectors` was read.
+        result.run_id, rows = store.save(
+            labels,
+            description,
+            embedder.identity.describe(),
+            result.columns(),
+            run_id=result.run_id,
+            as_of_seq=vectors.seq,
+        )
+        result.saved = rows // result.chunks[0].labels.shape[1]
     return result
 
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterable
 from itertools import repeat
 
 import numpy as np
-from sqlalchemy import func, insert, select
+from sqlalchemy import exists, func, select
 
 from ..errors import IndexReadOnlyError
 from ..search.labels import LabelSet
 from .catalog import Catalog
 from .schema import Assignment, ClassifyRun, RunLabel
-from .sqlite import CACHE_KIB
+from .sqlite import CACHE_KIB, database_error
 
 
 def labels_key(labels: LabelSet, templates: str, model: str) -> str:
@@ -41,26 +43,6 @@ class LabelStore:
                 .limit(1)
             ).scalar()
 
-    def create_run(self, labels: LabelSet, templates: str, model: str) -> int:
-        now = time.time()
-        with self.catalog._write() as conn:
-            run_id = conn.execute(
-                insert(ClassifyRun)
-                .values(
-                    created_at=now,
-                    updated_at=now,
-                    templates=templates,
-                    model=model,
-                    labels_key=labels_key(labels, templates, model),
-                )
-                .returning(ClassifyRun.id)
-            ).scalar_one()
-            conn.execute(
-                insert(RunLabel),
-                [{"run_id": run_id, "position": i, "label": n} for i, n in enumerate(labels.names)],
-            )
-        return int(run_id)
-
     def labelled_ids(self, run_id: int) -> np.ndarray:
         with self.engine.connect() as conn:
             ids = conn.execute(
@@ -68,27 +50,47 @@ class LabelStore:
             ).scalars()
             return np.fromiter(ids, dtype=np.int64)
 
-    def save(self, run_id: int, columns: Iterable[tuple[np.ndarray, ...]]) -> int:
-        """Store assignments in one transaction; `columns` yields equal-length arrays
-        (image ids, ranks, label positions, scores, probabilities).
+    def save(
+        self,
+        labels: LabelSet,
+        templates: str,
+        model: str,
+        columns: Iterable[tuple[np.ndarray, ...]],
+        *,
+        run_id: int | None = None,
+        as_of_seq: int | None = None,
+    ) -> tuple[int | None, int]:
+        """Create a run (or extend `run_id`) and store its assignments, all in ONE
+        transaction: a run is visible complete or not at all, even after a kill.
 
+        `columns` yields equal-length arrays (image ids, ranks, label positions, scores,
+        probabilities). `as_of_seq` is the catalog change sequence the scored vectors
+        reflect: assignments of images deleted or rewritten since then are skipped.
+        Returns (run id, assignments stored); nothing is written when none is left.
         Uses executemany on the raw sqlite3 connection: a million rows in a few seconds.
         """
         if self.catalog.read_only:
             raise IndexReadOnlyError(f"index folder {self.catalog.folder} is read-only")
         raw = self.engine.raw_connection()
-        count = 0
+        count, existing = 0, run_id
         try:
             cursor = raw.cursor()
             # Random inserts into the label index thrash SQLite's default 2 MB page cache:
             # 256 MB (allocated only as used) makes a million rows about 3x faster.
             cursor.execute("PRAGMA cache_size = -262144")
+            # The write lock from here on: no image can be deleted or rewritten meanwhile.
             cursor.execute("BEGIN IMMEDIATE")
+            stale = _changed_since(cursor, as_of_seq)
+            run_id = _open_run(cursor, run_id, labels, templates, model)
             sql = (
                 "INSERT OR REPLACE INTO assignments "
                 "(run_id, image_id, rank, position, score, probability) VALUES (?, ?, ?, ?, ?, ?)"
             )
             for ids, ranks, positions, scores, probabilities in columns:
+                if len(stale):
+                    keep = ~np.isin(ids, stale)
+                    ids, ranks, positions = ids[keep], ranks[keep], positions[keep]
+                    scores, probabilities = scores[keep], probabilities[keep]
                 cursor.executemany(
                     sql,
                     zip(
@@ -102,17 +104,21 @@ class LabelStore:
                     ),
                 )
                 count += len(ids)
-            cursor.execute(
-                "UPDATE classify_runs SET updated_at = ? WHERE id = ?", (time.time(), run_id)
-            )
+            if count == 0:
+                raw.rollback()
+                return existing, 0
             raw.commit()
+        except sqlite3.Error as exc:
+            _rollback(raw)
+            raise database_error(self.catalog.path, exc) from exc
         except BaseException:
-            raw.rollback()
+            _rollback(raw)
             raise
         finally:
-            raw.cursor().execute(f"PRAGMA cache_size = {CACHE_KIB}")
+            with contextlib.suppress(sqlite3.Error):
+                raw.cursor().execute(f"PRAGMA cache_size = {CACHE_KIB}")
             raw.close()
-        return count
+        return run_id, count
 
     def run_labels(self, run_id: int) -> list[str]:
         with self.engine.connect() as conn:
@@ -129,7 +135,7 @@ class LabelStore:
         with self.engine.connect() as conn:
             found = conn.execute(
                 select(RunLabel.run_id, RunLabel.position)
-                .where(RunLabel.label == label)
+                .where(RunLabel.label == label, _has_assignments(RunLabel.run_id))
                 .order_by(RunLabel.run_id.desc())
                 .limit(1)
             ).first()
@@ -147,7 +153,9 @@ class LabelStore:
     def latest_counts(self) -> tuple[int | None, list[tuple[str, int]]]:
         """(run id, [(label, images whose top label it is)]) for the latest run."""
         with self.engine.connect() as conn:
-            run_id = conn.execute(select(func.max(ClassifyRun.id))).scalar()
+            run_id = conn.execute(
+                select(func.max(ClassifyRun.id)).where(_has_assignments(ClassifyRun.id))
+            ).scalar()
             if run_id is None:
                 return None, []
             counts = dict(
@@ -162,3 +170,48 @@ class LabelStore:
         if counts.get(-1):
             rows.append(("(below threshold)", counts[-1]))
         return run_id, rows
+
+
+def _has_assignments(run_id_column):
+    """Runs that hold assignments: an older clipdex killed mid-save left empty runs behind
+    (now a run and its assignments are one transaction); they must not hide earlier ones."""
+    return exists().where(Assignment.run_id == run_id_column)
+
+
+def _changed_since(cursor: sqlite3.Cursor, seq: int | None) -> np.ndarray:
+    """Ids deleted or rewritten after change sequence `seq` (sorted); none if it is current."""
+    if seq is None:
+        return np.zeros(0, dtype=np.int64)
+    row = cursor.execute("SELECT value FROM meta WHERE key = 'change_seq'").fetchone()
+    if int(row[0] if row else 0) == seq:
+        return np.zeros(0, dtype=np.int64)
+    deleted = cursor.execute("SELECT image_id FROM tombstones WHERE seq > ?", (seq,)).fetchall()
+    rewritten = cursor.execute("SELECT id FROM images WHERE seq > ?", (seq,)).fetchall()
+    return np.unique(np.array([r[0] for r in deleted + rewritten], dtype=np.int64))
+
+
+def _open_run(
+    cursor: sqlite3.Cursor, run_id: int | None, labels: LabelSet, templates: str, model: str
+) -> int:
+    """Touch run `run_id`, or (absent, or deleted meanwhile by a model reset) create one."""
+    now = time.time()
+    if run_id is not None:
+        cursor.execute("UPDATE classify_runs SET updated_at = ? WHERE id = ?", (now, run_id))
+        if cursor.rowcount == 1:
+            return run_id
+    cursor.execute(
+        "INSERT INTO classify_runs (created_at, updated_at, templates, model, labels_key)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (now, now, templates, model, labels_key(labels, templates, model)),
+    )
+    new_id = int(cursor.lastrowid)
+    cursor.executemany(
+        "INSERT INTO run_labels (run_id, position, label) VALUES (?, ?, ?)",
+        [(new_id, i, name) for i, name in enumerate(labels.names)],
+    )
+    return new_id
+
+
+def _rollback(raw) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        raw.rollback()

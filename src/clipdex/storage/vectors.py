@@ -8,10 +8,7 @@ the catalog is caught up (removed and added by id).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import CatalogError
+from .atomic import atomic_write_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from .catalog import Catalog
@@ -220,25 +218,15 @@ def _load(folder: Path, dim: int) -> tuple[VectorIndex | None, str]:
 
 
 def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call write(temporary path) in the same folder, fsync, then rename onto `path`.
+    """Call write(temporary path) in the same folder, fsync, then rename onto `path`
+    (storage/atomic.py: symlinks and special files keep what they are).
 
     A failure leaves the previous file in place and raises CatalogError.
     """
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        if isinstance(exc, (OSError, RuntimeError)):
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise CatalogError(
-                f"cannot write {path}: {reason.splitlines()[0] if reason else exc!r}"
-            ) from exc
-        raise
+        atomic_write_path(path, write)
+    except (OSError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CatalogError(
+            f"cannot write {path}: {reason.splitlines()[0] if reason else exc!r}"
+        ) from exc

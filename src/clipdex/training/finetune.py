@@ -7,7 +7,6 @@ the loss) and a checkpoint, so a killed run resumes from its last finished epoch
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections import deque
@@ -20,6 +19,7 @@ import numpy as np
 from ..embedding import Embedder, ModelSpec
 from ..errors import ClipdexError
 from ..indexer.decode import load_image
+from ..storage.atomic import atomic_open
 from .pairs import Pair
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -225,6 +225,5 @@ def _recall(similarity: np.ndarray, same: np.ndarray, k: int) -> float:
 def _save_atomic(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as handle:
+        torch.save(obj, handle)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from ..errors import ClipdexError
 from ..indexer.decode import IMAGE_EXTENSIONS
+from ..search.labels import read_utf8
 
 
 class PairsError(ClipdexError):
@@ -36,34 +38,49 @@ def load_pairs(source: str | Path) -> list[Pair]:
         return _from_folder(path)
     if not path.is_file():
         raise PairsError(f"pairs file or folder not found: {source}")
+    text = read_utf8(path, PairsError)
     if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise PairsError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        rows = _json_rows(path, text)
     else:
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise PairsError(f"{path}: not a CSV file ({exc})") from None
     pairs = []
     for number, row in enumerate(rows, 1):
-        image, caption = row.get("image"), row.get("caption")
-        if not image or not caption or not str(caption).strip():
+        image, caption, group = row.get("image"), row.get("caption"), row.get("group")
+        if not (isinstance(image, str) and image and isinstance(caption, str) and caption.strip()):
             raise PairsError(f"{path}: row {number} needs an 'image' and a 'caption'")
+        if group is not None and not isinstance(group, str):
+            raise PairsError(f"{path}: row {number}: 'group' must be text")
         full = image if os.path.isabs(image) else str(path.parent / image)
-        pairs.append(Pair(full, str(caption).strip(), row.get("group") or None))
+        pairs.append(Pair(full, caption.strip(), group or None))
     if not pairs:
         raise PairsError(f"{path} holds no pairs")
     return pairs
+
+
+def _json_rows(path: Path, text: str) -> list[dict]:
+    """One JSON object a line; blank lines skipped."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PairsError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise PairsError(f"{path}:{number}: not a JSON object")
+        rows.append(row)
+    return rows
 
 
 def _from_folder(folder: Path) -> list[Pair]:
     pairs = []
     for image in sorted(folder.rglob("*")):
         if image.suffix.lower() in IMAGE_EXTENSIONS and image.with_suffix(".txt").is_file():
-            caption = image.with_suffix(".txt").read_text(encoding="utf-8").strip()
+            caption = read_utf8(image.with_suffix(".txt"), PairsError).strip()
             if caption:
                 pairs.append(Pair(str(image), caption))
     if not pairs:
