@@ -180,9 +180,9 @@ def _extend(chain: _Chain, path: str) -> _Chain:
     """`chain` with the folder at `path` added, or None if it is on it already (a cycle)."""
     try:
         stat = os.stat(path)
+        key: tuple = (stat.st_dev, stat.st_ino)
     except OSError:
-        return chain  # listing it will say it cannot be read
-    key = (stat.st_dev, stat.st_ino)
+        key = (None, path)  # matches nothing; listing it will find it cannot be read
     node = chain
     while node is not None:
         if node[0] == key:
