@@ -28,6 +28,7 @@ from .errors import (
     QueryError,
     SourceError,
 )
+from .indexer.decode import sniff_format
 from .indexer.fetch import FileSystems, fetch_bytes
 from .indexer.remote import StoreOptions, is_remote, open_source
 from .indexer.run import IndexReport, RunOptions, forget_source, index_source
@@ -245,13 +246,15 @@ class Index:
         from_list: bool = False,
         endpoint_url: str | None = None,
         fetch_workers: int = 16,
+        follow_symlinks: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
         """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
         a file of uris: embed what is new or changed, forget what is gone.
 
         A known source whose folder, file or list is gone is refused, or with
-        `allow_empty` forgotten (see `forget`).
+        `allow_empty` forgotten (see `forget`). Symbolic links inside a folder (to files
+        or folders) are skipped unless `follow_symlinks`, which follows both and never loops.
         """
         try:
             source = open_source(
@@ -260,6 +263,7 @@ class Index:
                 include_hidden=include_hidden,
                 exclude=(self.folder.resolve(),),
                 options=StoreOptions(endpoint_url=endpoint_url),
+                follow_symlinks=follow_symlinks,
             )
         except SourceError as exc:
             gone = self._gone_source(path, from_list)
@@ -347,13 +351,24 @@ class Index:
             lock.release()
 
     def image_bytes(self, image_id: int) -> bytes:
-        """The bytes of an indexed image, from wherever it came from (for previews)."""
+        """The bytes of an indexed image, from wherever it came from (for previews).
+
+        Only images indexed successfully: a failed row may name any file (a list can name
+        anything), and bytes that are no longer an image are refused too.
+        """
+        row = self.catalog.images([image_id]).get(image_id)
+        if row is None or row.status != "ok":
+            state = "no such image" if row is None else "it failed to index"
+            raise SourceError(f"{image_id} is not an indexed image ({state})")
         uri, _, options = self.catalog.source_of(image_id)
         files = FileSystems(StoreOptions(**options))
         try:
-            return fetch_bytes(files.for_uri(uri), uri)
+            data = fetch_bytes(files.for_uri(uri), uri)
         except ImageDecodeError as exc:
             raise SourceError(f"cannot read image {image_id} ({uri}): {exc}") from exc
+        if sniff_format(data[:16]) is None:
+            raise SourceError(f"image {image_id} ({uri}) is no longer an image")
+        return data
 
     def _require_writable(self) -> None:
         if not _writable(self.folder):

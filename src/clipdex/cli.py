@@ -82,6 +82,11 @@ def _spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
 )
 @click.option("--include-hidden", is_flag=True, help="Also index hidden and system folders.")
 @click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Follow symbolic links to files and folders (skipped by default); never loops.",
+)
+@click.option(
     "--allow-empty",
     is_flag=True,
     help="Accept a source without images (forgets what the index held from it).",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import stat
+import threading
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ImageDecodeError
 
@@ -16,6 +21,16 @@ IMAGE_EXTENSIONS = frozenset(
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
 #: Default pixel limit: about 89 megapixels, Pillow's own bomb threshold.
 DEFAULT_MAX_PIXELS = 89_478_485
+#: EXIF orientation -> the Image.transpose method that makes the image upright.
+ORIENTATIONS = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
 
 
 def sniff_format(header: bytes) -> str | None:
@@ -38,7 +53,7 @@ def sniff_format(header: bytes) -> str | None:
 def load_image(path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Open an image (a file path, or bytes already fetched) as (upright RGB PIL image,
     source format), or raise ImageDecodeError with the reason."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with _open(path) as handle:
@@ -48,8 +63,7 @@ def load_image(path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
             if sniff_format(header) is None:
                 raise ImageDecodeError("not an image (unrecognised header)")
             handle.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _pillow_quiet():
                 image = Image.open(handle)
                 if image.format not in ALLOWED_FORMATS:
                     raise ImageDecodeError(f"unsupported format {image.format}")
@@ -58,10 +72,15 @@ def load_image(path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
                     raise ImageDecodeError(
                         f"too large: {width}x{height} pixels (limit {max_pixels:,})"
                     )
-                image.load()
-                source_format = image.format
-                image = ImageOps.exif_transpose(image) or image
-                return to_rgb(image), source_format
+                if image.format == "TIFF":
+                    image.load()  # a TIFF parses (and applies) its EXIF while loading
+            image.load()  # pixels decode outside the lock, in parallel across threads
+            with _pillow_quiet():
+                orientation = image.getexif().get(0x0112)
+            source_format = image.format
+            if isinstance(orientation, int) and orientation in ORIENTATIONS:
+                image = image.transpose(Image.Transpose[ORIENTATIONS[orientation]])
+            return to_rgb(image), source_format
     except ImageDecodeError:
         raise
     except FileNotFoundError:
@@ -77,10 +96,57 @@ def load_image(path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
         raise ImageDecodeError(f"corrupt or truncated: {reason}") from None
 
 
+_quiet_lock = threading.Lock()
+
+
+def _new_lock() -> None:
+    global _quiet_lock
+    _quiet_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # a fork while another thread holds it must not deadlock
+    os.register_at_fork(after_in_child=_new_lock)
+
+
+@contextlib.contextmanager
+def _pillow_quiet():
+    """Pillow's warnings about damaged metadata ("Corrupt EXIF data") are silenced, and its
+    decompression-bomb warning becomes an error, for the metadata parsing only.
+
+    catch_warnings swaps process-wide state, so one thread at a time holds it (fetch
+    threads decode concurrently); pixel decoding stays outside, in parallel.
+    """
+    with _quiet_lock, warnings.catch_warnings():
+        from PIL import Image
+
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+        yield
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a regular file for reading, never blocking on a FIFO or reading a device.
+
+    Raises ImageDecodeError for anything that is not a regular file, OSError if it cannot
+    be opened.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise ImageDecodeError("not a regular file")
+    return os.fdopen(fd, "rb")  # O_NONBLOCK means nothing for a regular file
+
+
 def _open(path: str | Path | bytes):
     if isinstance(path, (bytes, bytearray)):
         return io.BytesIO(path)
-    return open(path, "rb")
+    return open_regular(path)
 
 
 def to_rgb(image):

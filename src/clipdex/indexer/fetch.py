@@ -8,6 +8,7 @@ At most `fetch_workers` requests and `max_bytes_in_flight` bytes are outstanding
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections import deque
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ImageDecodeError
-from .decode import DEFAULT_MAX_PIXELS, load_image
+from .decode import DEFAULT_MAX_PIXELS, load_image, open_regular
+from .fingerprint import fingerprint_bytes
 from .pipeline import Batch, Decoded, collate
 from .remote import StoreOptions, filesystem, scheme_of, strip_scheme
 from .sources import FileEntry
@@ -58,25 +60,57 @@ class FileSystems:
 def fetch_bytes(fs: Any, uri: str, retry: RetryPolicy = RetryPolicy()) -> bytes:
     """An object's bytes, retrying transient errors; ImageDecodeError for permanent ones.
 
-    `fs` None reads a local file.
+    Only network and I/O errors are retried (and then recorded as a failure); any other
+    exception is a bug and propagates. `fs` None reads a local file, once.
     """
+    if fs is None:
+        return _read_local(uri)
     path = strip_scheme(uri)
-    last: Exception | None = None
+    transient = _transient_errors()
+    last: BaseException | None = None
     for attempt in range(retry.attempts):
         try:
-            if fs is None:
-                with open(path, "rb") as handle:
-                    return handle.read()
             return fs.cat_file(path)
         except FileNotFoundError:
             raise ImageDecodeError("object vanished before it could be fetched") from None
         except PermissionError as exc:
             raise ImageDecodeError(f"access denied: {_first_line(exc)}") from None
-        except Exception as exc:  # timeouts, 5xx, throttling, dropped connections
+        except transient as exc:  # timeouts, 5xx, throttling, dropped connections
+            status = getattr(exc, "status", None)  # an HTTP response's status
+            if isinstance(status, int) and 400 <= status < 500 and status not in (408, 429):
+                denied = "access denied: " if status in (401, 403) else ""
+                raise ImageDecodeError(f"{denied}HTTP {status}: {_first_line(exc)}") from None
             last = exc
             if attempt + 1 < retry.attempts:
                 time.sleep(retry.delay(attempt))
     raise ImageDecodeError(f"fetch failed after {retry.attempts} attempts: {_first_line(last)}")
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a network or a store raises for a failure worth retrying (OSError covers
+    ConnectionError and TimeoutError); never TypeError, KeyError and other bugs."""
+    kinds: list[type[BaseException]] = [OSError]
+    if (aiohttp := sys.modules.get("aiohttp")) is not None:
+        kinds.append(aiohttp.ClientError)
+    if (botocore := sys.modules.get("botocore.exceptions")) is not None:
+        kinds.append(botocore.BotoCoreError)
+    return tuple(kinds)
+
+
+def _read_local(path: str) -> bytes:
+    """A local file's bytes: a regular file (never a FIFO or a device), size-capped."""
+    try:
+        with open_regular(path) as handle:
+            data = handle.read(MAX_OBJECT_BYTES + 1)
+    except FileNotFoundError:
+        raise ImageDecodeError("file vanished before it could be read") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read: {exc.strerror or _first_line(exc)}") from None
+    if len(data) > MAX_OBJECT_BYTES:
+        raise ImageDecodeError(f"too large: over {MAX_OBJECT_BYTES:,} bytes")
+    return data
 
 
 def _first_line(exc: BaseException | None) -> str:
@@ -102,6 +136,12 @@ def fetch_batches(
             if entry.size > MAX_OBJECT_BYTES:
                 raise ImageDecodeError(f"object too large: {entry.size:,} bytes")
             data = fetch_bytes(fs_for(entry.uri), entry.uri, retry)
+        except ImageDecodeError as exc:
+            return Decoded(entry, error=str(exc), fingerprint=fingerprint), None
+        # Without a version from the store (local files, servers that send none), the
+        # content itself is the fingerprint.
+        fingerprint = fingerprint or fingerprint_bytes(data)
+        try:
             image, fmt = load_image(data, max_pixels)
             pixels = preprocess(image)
         except ImageDecodeError as exc:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ImageDecodeError
 from .decode import DEFAULT_MAX_PIXELS, load_image
-from .fingerprint import fingerprint
+from .fingerprint import read_fingerprinted
 from .sources import FileEntry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,9 +52,9 @@ class _DecodeDataset:
 
     def __getitem__(self, position: int) -> tuple[Decoded, Any]:
         entry = self.entries[position]
-        content = fingerprint(entry.uri, entry.size)
+        content, readable = read_fingerprinted(entry.uri)  # the bytes hashed are decoded
         try:
-            image, source_format = load_image(entry.uri, self.max_pixels)
+            image, source_format = load_image(readable, self.max_pixels)
         except ImageDecodeError as exc:
             return Decoded(entry, error=str(exc), fingerprint=content), None
         try:

@@ -1,7 +1,8 @@
 """Remote sources through fsspec: s3://, gs://, az://, http(s):// and lists of uris.
 
 Object stores are listed prefix by prefix (like folders), and an object's ETag (with its
-size) decides whether it changed. Fetching is network-bound, so it runs in a thread pool
+size) decides whether it changed; a web server's Content-MD5, Digest, ETag or
+Last-Modified does (see `_version`), and an object without any is fetched every run. Fetching is network-bound, so it runs in a thread pool
 (`fetch.py`); this module only lists and names things.
 """
 
@@ -14,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import SourceError
-from .decode import IMAGE_EXTENSIONS
+from ..errors import ImageDecodeError, SourceError
+from .decode import IMAGE_EXTENSIONS, open_regular
 from .sources import FileEntry
+
+#: A list file larger than this is refused (about a million uris).
+MAX_LIST_BYTES = 64 * 1024 * 1024
 
 #: uri scheme -> (fsspec protocol, the package that provides it, the clipdex extra)
 SCHEMES = {
@@ -82,18 +86,41 @@ def strip_scheme(uri: str) -> str:
 
 
 def _entry(uri: str, info: dict[str, Any]) -> FileEntry:
-    version = (
-        info.get("ETag")
-        or info.get("etag")
-        or info.get("md5Hash")
-        or info.get("last_modified")
-        or info.get("Last-Modified")
-    )
     modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
     mtime_ns = 0
     if hasattr(modified, "timestamp"):
         mtime_ns = int(modified.timestamp() * 1e9)
-    return FileEntry(uri, int(info.get("size") or 0), mtime_ns, str(version or "").strip('"'))
+    size = int(info.get("size") or 0)
+    return FileEntry(uri, size, mtime_ns, _version(uri, info, size))
+
+
+def _version(uri: str, info: dict[str, Any], size: int) -> str:
+    """What the catalog stores to tell an object's versions apart (see fingerprint.py).
+
+    An object store's ETag or MD5 names the content: `etag:SIZE:ETag`, shared by copies.
+    A web server's Content-MD5 or Digest names the content too; its ETag or Last-Modified
+    only names this url's version (`version:SIZE:...`: servers derive ETags from size and
+    date, so two urls may share one). With none of these: "", fetched again every run.
+    """
+
+    def first(*keys: str) -> str | None:
+        values = (str(info[key]).strip() for key in keys if info.get(key))
+        return next(values, None)
+
+    if scheme_of(uri) in ("http", "https"):
+        if md5 := first("Content-MD5"):
+            return f"md5:{size}:{md5}"
+        if digest := first("Digest"):
+            return f"digest:{size}:{digest}"
+        if validator := first("ETag", "Last-Modified"):
+            return f"version:{size}:{validator}"
+        return ""
+    if etag := first("ETag", "etag", "md5Hash"):
+        etag = etag.strip('"')
+        return f"etag:{size}:{etag}"
+    if modified := first("last_modified", "Last-Modified", "LastModified"):
+        return f"version:{size}:{modified}"
+    return ""
 
 
 def _is_image_key(name: str) -> bool:
@@ -186,9 +213,7 @@ class ListSource:
     @classmethod
     def from_file(cls, path: str | Path, options: StoreOptions | None = None) -> ListSource:
         list_path = Path(os.path.abspath(os.path.expanduser(str(path))))
-        if not list_path.is_file():
-            raise SourceError(f"list file not found: {path}")
-        lines = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in _read_list(list_path, path).splitlines()]
         uris = [u for u in lines if u and not u.startswith("#")]
         if not uris:
             raise SourceError(f"list file {path} has no uris")
@@ -218,8 +243,8 @@ class ListSource:
         """The entry; None if it is gone (its indexed row goes too); unknown if unreachable."""
         if not is_remote(uri):
             try:
-                stat = os.stat(uri)
-            except OSError:
+                stat = os.stat(uri)  # anything but a regular file fails when it is read
+            except (OSError, ValueError):  # ValueError: a NUL byte in the line
                 return None
             return FileEntry(uri, stat.st_size, stat.st_mtime_ns)
         try:
@@ -237,6 +262,28 @@ def _normalise(uri: str) -> str:
     return uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
 
 
+def _read_list(list_path: Path, shown: str | Path) -> str:
+    """The text of a list file: a regular file (never a FIFO or a device), of at most
+    MAX_LIST_BYTES, in UTF-8."""
+    try:
+        with open_regular(list_path) as handle:
+            data = handle.read(MAX_LIST_BYTES + 1)
+    except FileNotFoundError:
+        raise SourceError(f"list file not found: {shown}") from None
+    except ImageDecodeError:
+        raise SourceError(f"list file is not a regular file: {shown}") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read list file {shown}: {exc.strerror}") from None
+    if len(data) > MAX_LIST_BYTES:
+        raise SourceError(f"list file {shown} is too large (over {MAX_LIST_BYTES >> 20} MiB)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"list file {shown} is not UTF-8 text (invalid byte at offset {exc.start})"
+        ) from None
+
+
 def open_source(
     path: str | Path,
     *,
@@ -244,6 +291,7 @@ def open_source(
     include_hidden: bool = False,
     exclude: tuple[Path, ...] = (),
     options: StoreOptions | None = None,
+    follow_symlinks: bool = False,
 ):
     """The source a user means: a list file, a remote uri, or a local folder or file."""
     from .sources import LocalSource
@@ -252,4 +300,6 @@ def open_source(
         return ListSource.from_file(path, options)
     if is_remote(str(path)):
         return RemoteSource.from_uri(str(path), options, include_hidden)
-    return LocalSource.from_path(path, include_hidden=include_hidden, exclude=exclude)
+    return LocalSource.from_path(
+        path, include_hidden=include_hidden, exclude=exclude, follow_symlinks=follow_symlinks
+    )

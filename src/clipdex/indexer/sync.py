@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..storage.catalog import Catalog
 from ..storage.catalog_scan import KnownFile
-from .fingerprint import fingerprint
+from .fingerprint import fingerprint, is_content_identity
 from .remote import ListSource, RemoteSource
 from .sources import FileEntry, LocalSource
 
@@ -117,8 +117,8 @@ def plan_sync(
 
 
 def _changed(previous: KnownFile, entry: FileEntry, verify: bool) -> bool:
-    if entry.version is not None:  # an object: its ETag (with its size) is its version
-        return previous.size != entry.size or previous.fingerprint != entry.stored_fingerprint
+    if entry.version is not None:  # an object: its version decides; without one, always
+        return not entry.version or previous.fingerprint != entry.stored_fingerprint
     if previous.size != entry.size or previous.mtime_ns != entry.mtime_ns:
         return True
     if verify and previous.fingerprint is not None:
@@ -128,10 +128,7 @@ def _changed(previous: KnownFile, entry: FileEntry, verify: bool) -> bool:
 
 def _match(catalog: Catalog, candidates: list[FileEntry], plan: SyncPlan) -> None:
     """Split candidates into vectors to reuse (by fingerprint) and files to embed."""
-    prints = {
-        entry.uri: entry.stored_fingerprint or fingerprint(entry.uri, entry.size)
-        for entry in candidates
-    }
+    prints = {entry.uri: _content_print(entry) for entry in candidates}
     found = catalog.find_fingerprints([p for p in prints.values() if p is not None])
     for entry in candidates:
         content = prints[entry.uri]
@@ -140,3 +137,11 @@ def _match(catalog: Catalog, candidates: list[FileEntry], plan: SyncPlan) -> Non
         else:
             plan.to_embed.append(entry)
     candidates.clear()
+
+
+def _content_print(entry: FileEntry) -> str | None:
+    """A fingerprint that names the entry's content (the whole file's SHA-256, an object's
+    ETag or MD5), or None: a per-url version never lends a vector to another object."""
+    if entry.version is None:
+        return fingerprint(entry.uri, entry.size)
+    return entry.version if is_content_identity(entry.version) else None
