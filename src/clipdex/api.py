@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -86,7 +87,9 @@ class IndexStatus:
 class Index:
     """One index folder: `catalog.sqlite` (the truth) and `vectors.faiss` (derived).
 
-    Reading needs no lock; `add` takes the folder's writer lock for the whole run.
+    Reading needs no lock; `add` takes the folder's writer lock for the whole run. One
+    Index may serve searches from several threads: each read first catches the in-memory
+    FAISS index up with the catalog's change sequence (other processes' writes), under a lock.
     """
 
     def __init__(
@@ -99,6 +102,8 @@ class Index:
         self._vectors: VectorIndex | None = None
         self._load_report: LoadReport | None = None
         self._embedder: Embedder | None = None
+        self._vectors_model: ModelIdentity | None = None  # the model self._vectors came from
+        self._lock = threading.RLock()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -108,34 +113,78 @@ class Index:
 
     @property
     def catalog(self) -> Catalog:
-        if self._catalog is None:
-            if not self.exists:
-                raise IndexNotFoundError(
-                    f"no index at {self.folder}; create one with `clipdex index FOLDER`"
-                )
-            self._catalog = Catalog(self.folder, read_only=not _writable(self.folder))
-        return self._catalog
+        with self._lock:
+            if self._catalog is None:
+                self._require_index()
+                self._catalog = Catalog(self.folder, read_only=not _writable(self.folder))
+            return self._catalog
 
     @property
     def vectors(self) -> VectorIndex:
-        """The FAISS index, caught up with the catalog in memory (readers never write it)."""
-        if self._vectors is None:
-            self._vectors, self._load_report = VectorIndex.open(self.folder, self.catalog)
-        return self._vectors
+        """The FAISS index, caught up in memory with the catalog's latest change (readers
+        never write it); reopened when the index was rebuilt with another model."""
+        with self._lock:
+            catalog = self.catalog
+            if self._vectors is not None and self._vectors.seq != catalog.change_seq():
+                if catalog.model_identity() == self._vectors_model:
+                    try:
+                        self._vectors.catch_up(catalog)
+                    except BaseException:
+                        self._vectors = None  # half caught up: reopen on the next read
+                        raise
+                if catalog.model_identity() != self._vectors_model:
+                    self._vectors = None
+            if self._vectors is None:
+                model = catalog.model_identity()
+                self._vectors, self._load_report = VectorIndex.open(self.folder, catalog)
+                self._vectors_model = model
+            return self._vectors
+
+    def _vectors_of(self, embedder: Embedder) -> VectorIndex:
+        """The caught-up vectors, which must come from `embedder`'s model (call with the lock)."""
+        vectors = self.vectors
+        if self._vectors_model != embedder.identity:
+            raise ModelMismatchError(
+                f"the index was rebuilt with {self._vectors_model.describe()} while this "
+                "request ran; run it again"
+            )
+        return vectors
 
     def model_identity(self) -> ModelIdentity | None:
         return self.catalog.model_identity()
 
     def embedder(self, spec: ModelSpec | None = None) -> Embedder:
-        """The index's own model (or `spec`, which must match it); the default for a new one."""
-        stored = self.catalog.model_identity()
-        if spec is None:
-            spec = spec_for(stored) if stored is not None else ModelSpec()
-        elif stored is not None:
-            _check_same_model(stored, spec)
-        if self._embedder is None or not _same_model(self._embedder.identity, spec):
-            self._embedder = Embedder(spec, self.device, self.precision)
-        return self._embedder
+        """The index's own model (or `spec`, which must match it); the default for a new one.
+
+        The loaded model's identity (a checkpoint's SHA-256) must be the one the index
+        records: a checkpoint file overwritten since indexing is refused, not used.
+        """
+        with self._lock:
+            stored = self.catalog.model_identity()
+            if spec is None:
+                spec = spec_for(stored) if stored is not None else ModelSpec()
+            elif stored is not None:
+                _check_same_model(stored, spec)
+            return self._load_model(spec, stored)
+
+    def _load_model(self, spec: ModelSpec, want: ModelIdentity | None = None) -> Embedder:
+        """`spec`'s model, reusing the loaded one when it is the same; `want` must match."""
+        with self._lock:
+            cached = self._embedder
+            if cached is not None and (
+                cached.identity == want if want is not None else _same_model(cached.identity, spec)
+            ):
+                return cached  # weights in memory: a file changed since cannot affect them
+            embedder = Embedder(spec, self.device, self.precision)
+            if want is not None and embedder.identity != want:
+                where = f"checkpoint {spec.checkpoint}" if spec.checkpoint else spec.name
+                raise ModelMismatchError(
+                    f"this index was built with {want.describe()}, but {where} now loads "
+                    f"{embedder.identity.describe()}; restore the weights the index was built "
+                    "with, or rebuild the index with the new ones"
+                )
+            self._embedder = embedder
+            return embedder
 
     def search(
         self,
@@ -155,7 +204,7 @@ class Index:
             raise QueryError(f"k must be at least 1 (got {k})")
         if text is not None and not text.strip():
             raise QueryError("the query text is empty")
-        vectors = self.vectors
+        _ = self.vectors  # an empty index says so before any model loads
         among = None
         if label is not None:
             among = LabelStore(self.catalog).ids_with_label(label)
@@ -163,8 +212,11 @@ class Index:
                 raise QueryError(
                     f"no image is labelled '{label}'; label images first with `clipdex classify`"
                 )
-        query = query_vector(self.embedder(), text, image)
-        return search_vectors(self.catalog, vectors, query, k, min_score, among)
+        embedder = self.embedder()
+        query = query_vector(embedder, text, image)
+        with self._lock:  # FAISS may not be searched while another thread catches it up
+            vectors = self._vectors_of(embedder)
+            return search_vectors(self.catalog, vectors, query, k, min_score, among)
 
     def classify(
         self,
@@ -176,9 +228,11 @@ class Index:
         options = options or ClassifyOptions()
         if options.save:
             self._require_writable()
-        return classify_index(
-            self.catalog, self.vectors, self.embedder(), labels, options, on_progress
-        )
+        _ = self.vectors  # an empty index says so before any model loads
+        embedder = self.embedder()
+        with self._lock:
+            vectors = self._vectors_of(embedder)
+            return classify_index(self.catalog, vectors, embedder, labels, options, on_progress)
 
     def nearest_per_label(
         self, labels: LabelSet, k: int, templates: str = "openai"
@@ -186,9 +240,11 @@ class Index:
         """The k images nearest to each label's vector, best first."""
         if k < 1:
             raise QueryError(f"--per-label must be at least 1 (got {k})")
-        vectors = self.vectors
-        _, matrix = build_label_matrix(self.embedder(), labels, templates)
-        found = nearest_per_label(vectors, matrix, k)
+        _ = self.vectors  # an empty index says so before any model loads
+        embedder = self.embedder()
+        _, matrix = build_label_matrix(embedder, labels, templates)
+        with self._lock:
+            found = nearest_per_label(self._vectors_of(embedder), matrix, k)
         rows = self.catalog.images(i for hits in found for i, _ in hits)
         return {
             name: [
@@ -275,6 +331,9 @@ class Index:
                 f"{exc} (the index still holds {gone.images} images from it; "
                 "forget the source to remove them)"
             ) from None
+        if not self.exists:
+            # A model that cannot load must not leave a new, empty index behind.
+            self._load_model(model or ModelSpec())
         self._prepare_folder()
         lock = WriterLock(self.folder)
         lock.acquire(wait=wait)
@@ -285,6 +344,9 @@ class Index:
             if stored is not None and model is not None and not _same_model(stored, model):
                 if not rebuild:
                     _check_same_model(stored, model)
+                # Load the new model first: if it fails, the index is left as it was. Only
+                # then forget every source's vectors, which the old model made.
+                self._load_model(model)
                 catalog.reset()
             options = RunOptions(
                 rebuild=rebuild,
@@ -370,7 +432,14 @@ class Index:
             raise SourceError(f"image {image_id} ({uri}) is no longer an image")
         return data
 
+    def _require_index(self) -> None:
+        if not self.exists:
+            raise IndexNotFoundError(
+                f"no index at {self.folder}; create one with `clipdex index FOLDER`"
+            )
+
     def _require_writable(self) -> None:
+        self._require_index()
         if not _writable(self.folder):
             raise IndexReadOnlyError(f"index folder {self.folder} is read-only")
 
@@ -385,14 +454,16 @@ class Index:
             raise IndexReadOnlyError(f"index folder {self.folder} is read-only")
 
     def close_readers(self) -> None:
-        if self._catalog is not None:
-            self._catalog.close()
-        self._catalog = None
-        self._vectors = None
+        with self._lock:
+            if self._catalog is not None:
+                self._catalog.close()
+            self._catalog = None
+            self._vectors = None
 
     def close(self) -> None:
-        self.close_readers()
-        self._embedder = None
+        with self._lock:
+            self.close_readers()
+            self._embedder = None
 
     def __enter__(self) -> Index:
         return self

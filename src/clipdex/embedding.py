@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import pickle
+import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -178,6 +181,8 @@ class Embedder:
         )
         if weights == DEMO_TAG:
             load_into(self.model)
+        if spec.checkpoint and "sha256:" + file_sha256(pretrained) != weights:
+            raise ModelLoadError(f"checkpoint {pretrained} changed while it was loaded; try again")
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(spec.name)
         with torch.no_grad():
@@ -243,6 +248,9 @@ def _create_model(name: str, pretrained: str | None, device: str, precision: str
     import open_clip
     import torch
 
+    checkpoint = pretrained if pretrained and Path(pretrained).is_absolute() else None
+    if checkpoint:
+        _sniff_checkpoint(checkpoint)
     precision_arg = "fp16" if precision == "fp16" else "fp32"
     try:
         with torch.random.fork_rng(devices=[]):
@@ -257,31 +265,99 @@ def _create_model(name: str, pretrained: str | None, device: str, precision: str
                 )
     except FileNotFoundError as exc:
         raise ModelLoadError(f"cannot load model {name}: {exc}") from exc
-    except (RuntimeError, ValueError, OSError, KeyError, AssertionError) as exc:
+    except Exception as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if checkpoint:
+            raise _checkpoint_error(checkpoint, name, exc, message) from exc
+        if not isinstance(exc, (RuntimeError, ValueError, OSError, KeyError, AssertionError)):
+            raise
         if "download" in message.lower() or "hub" in message.lower():
             raise ModelLoadError(
                 f"cannot download the weights of {name} ({pretrained}): no network? "
                 "Connect once (weights are cached), or pass --checkpoint FILE with a local copy"
             ) from exc
-        if pretrained and Path(pretrained).is_file():
-            raise ModelLoadError(
-                f"checkpoint {pretrained} does not fit architecture {name}: {message[:200]}"
-            ) from exc
         raise ModelLoadError(f"cannot load model {name}: {message[:300]}") from exc
     return model, preprocess
 
 
+#: How the files torch.save writes begin: a zip archive, or (before torch 1.6) a pickle.
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _sniff_checkpoint(path: str) -> None:
+    """Refuse, before loading anything, a file that cannot be a torch.save checkpoint."""
+    if Path(path).suffix.lower() in (".safetensors", ".npz", ".npy"):
+        return  # formats open_clip reads by their suffix
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
+    if not head.startswith(_CHECKPOINT_MAGIC):
+        what = "it is empty" if not head else "neither a zip archive nor a pickle"
+        raise ModelLoadError(f"{path} is not a PyTorch checkpoint ({what})")
+
+
+def _checkpoint_error(path: str, name: str, exc: Exception, message: str) -> ModelLoadError:
+    """Tell a file that holds no state dict from a state dict of another architecture."""
+    unreadable = (pickle.UnpicklingError, EOFError, AttributeError, TypeError, StopIteration)
+    if not isinstance(exc, unreadable) and not (
+        isinstance(exc, RuntimeError) and ("zip" in message or "Stream" in message)
+    ):
+        return ModelLoadError(
+            f"checkpoint {path} does not fit architecture {name}: {message[:200]}"
+        )
+    if "Weights only load failed" in message:
+        why = "it holds Python objects besides tensors; save the model's state_dict() instead"
+    else:
+        why = f"{type(exc).__name__}: {message.split('. ')[0][:200]}"
+    return ModelLoadError(f"{path} is not a PyTorch checkpoint ({why})")
+
+
+class _QuietWhileLoading(logging.Filter):
+    """Drops records emitted by the thread that is loading a model (see _quiet_open_clip)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_loading, "active", False) or record.levelno >= logging.CRITICAL
+
+
+_loading = threading.local()
+_QUIET = _QuietWhileLoading()
+#: open_clip's records, once _route_open_clip_logging has moved them off the root logger.
+OPEN_CLIP_LOGGER = "open_clip"
+
+
+class _OpenClipLogging:
+    """Stands in for the `logging` module inside open_clip's modules, which log through the
+    root logger (`logging.warning(...)`): their records go to the `open_clip` logger."""
+
+    def __getattr__(self, name: str):
+        if name in ("debug", "info", "warning", "warn", "error", "exception", "critical", "log"):
+            return getattr(logging.getLogger(OPEN_CLIP_LOGGER), name)
+        return getattr(logging, name)
+
+
+def _route_open_clip_logging() -> None:
+    for module_name, module in list(sys.modules.items()):
+        if module_name.split(".")[0] == "open_clip" and getattr(module, "logging", None) is logging:
+            module.logging = _OpenClipLogging()
+
+
 @contextlib.contextmanager
 def _quiet_open_clip():
-    """open_clip logs at WARNING for expected cases (random init); keep stderr clean."""
-    root = logging.getLogger()
-    hub = logging.getLogger("huggingface_hub")
-    old = root.level, hub.level
-    root.setLevel(logging.ERROR + 10)
-    hub.setLevel(logging.ERROR + 10)
+    """open_clip and huggingface_hub log expected cases (random init, offline) at WARNING
+    or ERROR; keep stderr clean while this thread loads. Only their own loggers get a filter,
+    which drops only this thread's records: other threads and the root logger are untouched."""
+    _route_open_clip_logging()
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and (
+            name == OPEN_CLIP_LOGGER or name.split(".")[0] == "huggingface_hub"
+        ):
+            logger.addFilter(_QUIET)  # idempotent
+    logging.getLogger(OPEN_CLIP_LOGGER).addFilter(_QUIET)
+    outer = getattr(_loading, "active", False)
+    _loading.active = True
     try:
         yield
     finally:
-        root.setLevel(old[0])
-        hub.setLevel(old[1])
+        _loading.active = outer
