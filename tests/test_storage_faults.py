@@ -120,7 +120,11 @@ def test_read_only_folder_reads_the_write_ahead_log(runner, images, index_dir, t
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     fresh_catalog = Catalog(fresh)  # a schema that lives only in the WAL
-    copies = {"wal": tmp_path / "wal", "no-shm": tmp_path / "no-shm", "fresh": tmp_path / "fr"}
+    copies = {
+        "wal": tmp_path / "w?a#l %3F",
+        "no-shm": tmp_path / "no-shm",
+        "fresh": tmp_path / "fr",
+    }
     for name, folder in copies.items():
         source = fresh if name == "fresh" else index_dir
         shutil.copytree(source, folder, ignore=shutil.ignore_patterns("lock"))

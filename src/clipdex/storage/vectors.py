@@ -3,8 +3,8 @@
 `vectors.faiss` is written to a temporary file and renamed into place; its sidecar
 `vectors.json` records the index type and the catalog change sequence it reflects. On open,
 a missing, corrupt, garbled (an id twice, vectors not of unit length) or foreign file is
-rebuilt from the stored vectors, and one that lags
-the catalog is caught up (removed and added by id).
+rebuilt from the stored vectors, and one that lags the catalog is caught up (removed and
+added by id).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def _is_flat_ip(index, dim: int) -> bool:
     return isinstance(flat, faiss.IndexFlat) and flat.metric_type == faiss.METRIC_INNER_PRODUCT
 
 
-#: Rows whose norms are checked when a saved index is opened (all of them in `check`).
+#: Rows whose norms are checked when a saved index is opened (`check` compares them all).
 NORM_SAMPLE = 1024
 
 
