@@ -11,7 +11,7 @@ import pytest
 
 import clipdex
 from clipdex.embedding import ModelSpec
-from clipdex.errors import SourceError
+from clipdex.errors import CatalogError, SourceError
 from conftest import TINY, make_images, run_cli
 
 
@@ -61,7 +61,8 @@ def test_source_vanishing_mid_run_is_recorded_not_fatal(images, index_dir):
         moved_away.rename(images)
         again = index.add(images)
         assert again.updated == 0 and again.unchanged == 50  # failures keep their stat
-        assert len(index.search("x", k=100)) == 0
+        with pytest.raises(CatalogError, match="the index is empty"):  # as before any vector
+            index.search("x", k=100)
 
 
 def test_folder_removed_between_runs_loses_nothing(runner, images, tmp_path):

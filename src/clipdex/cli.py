@@ -278,10 +278,17 @@ def check_command(index_dir, repair, wait) -> None:
         click.echo(f"problem: {escape_control(problem)}")
     for repair_done in report.repairs:
         click.echo(f"repaired: {escape_control(repair_done)}")
+    for note in report.notes:
+        click.echo(f"note: {escape_control(note)}")
     if report.ok:
-        click.echo(f"ok: {report.images} images, {report.vectors} vectors, FAISS in agreement")
-    elif not repair:
+        faiss = "FAISS not compared" if report.notes else "FAISS in agreement"
+        click.echo(f"ok: {report.images} images, {report.vectors} vectors, {faiss}")
+        return
+    if report.repairable and not repair:
         click.echo("run `clipdex check --repair` to rebuild what is derived", err=True)
+    for advice in report.advice:
+        click.echo(advice, err=True)
+    if report.advice or not repair:
         raise SystemExit(1)
 
 

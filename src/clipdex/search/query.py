@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from ..embedding import Embedder
-from ..errors import ImageDecodeError, QueryError
+from ..errors import CatalogError, ImageDecodeError, QueryError
 from ..indexer.decode import load_image
 from ..storage.catalog import Catalog
-from ..storage.vectors import VectorIndex
+from ..storage.vectors import EMPTY_INDEX, VectorIndex
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,14 @@ def search_vectors(
     """The k nearest live images to a unit query vector, best first (only `among` ids)."""
     if k < 1:
         raise QueryError(f"k must be at least 1 (got {k})")
+    if vectors.ntotal == 0:
+        raise CatalogError(EMPTY_INDEX)
     scores, ids = vectors.search(query[None, :], k, among)
-    pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+    pairs, seen = [], set()
+    for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
+        if i >= 0 and i not in seen:  # an id twice in FAISS is still one image
+            seen.add(i)
+            pairs.append((i, s))
     if min_score is not None:
         pairs = [(i, s) for i, s in pairs if s >= min_score]
     rows = catalog.images(i for i, _ in pairs)

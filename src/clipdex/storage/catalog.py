@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DatabaseError
 
 from ..embedding import ModelIdentity
-from ..errors import CatalogError, IndexReadOnlyError, ModelMismatchError
+from ..errors import CatalogError, ClipdexError, IndexReadOnlyError, ModelMismatchError
 from .catalog_links import SourceLinks
 from .catalog_scan import ScanQueries
 from .schema import (
@@ -31,6 +32,7 @@ from .schema import (
     Tombstone,
     Vector,
 )
+from .snapshot import Snapshot, read_vectors
 from .sqlite import WriteScope, bump_seq, database_error, get_meta, make_engine, set_meta
 
 CATALOG_FILE = "catalog.sqlite"
@@ -82,6 +84,9 @@ class Catalog(ScanQueries, SourceLinks):
         except DatabaseError as exc:
             self.engine.dispose()
             raise database_error(self.path, exc) from exc
+        except ClipdexError:
+            self.engine.dispose()
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -355,34 +360,23 @@ class Catalog(ScanQueries, SourceLinks):
         classification, and row objects would cost more than the matrix product.
         """
         dim = self._dim()
-        sql = "SELECT v.image_id, v.vector FROM vectors v"
-        params: tuple = ()
-        if since_seq is not None:
-            sql += " JOIN images i ON i.id = v.image_id WHERE i.seq > ?"
-            params = (since_seq,)
-        sql += " ORDER BY v.image_id"
         raw = self.engine.raw_connection()
         try:
-            cursor = raw.cursor()
-            cursor.execute(sql, params)
-            while True:
-                rows = cursor.fetchmany(chunk)
-                if not rows:
-                    break
-                ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-                vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4")
-                yield ids, vectors.reshape(len(rows), dim).astype(np.float32, copy=False)
+            yield from read_vectors(raw.cursor(), dim, chunk, since_seq)
         finally:
             raw.close()
 
-    def changed_since(self, seq: int) -> tuple[list[int], list[int]]:
-        """Ids deleted and ids rewritten after change sequence `seq`."""
-        with self.engine.connect() as conn:
-            deleted = list(
-                conn.execute(select(Tombstone.image_id).where(Tombstone.seq > seq)).scalars()
-            )
-            rewritten = list(conn.execute(select(Image.id).where(Image.seq > seq)).scalars())
-        return deleted, rewritten
+    @contextmanager
+    def read_snapshot(self) -> Iterator[Snapshot]:
+        """One read transaction, for reads that must agree (a catch-up's removals and adds)."""
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("BEGIN")
+            yield Snapshot(cursor)
+        finally:
+            raw.rollback()
+            raw.close()
 
     def _dim(self) -> int:
         identity = self.model_identity()

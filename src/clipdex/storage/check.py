@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
 
-from .catalog import Catalog
+from .catalog import CATALOG_FILE, Catalog
+from .lock import LOCK_FILE
 from .schema import Image, Vector
-from .vectors import INDEX_FILE, VectorIndex, _load
+from .snapshot import Snapshot
+from .vectors import INDEX_FILE, SIDECAR_FILE, VectorIndex, _load, _read_sidecar
+
+#: The size recorded for an image whose vector was dropped by a repair: it matches no
+#: file, so the next `clipdex index` embeds the image again.
+QUEUED = -1
 
 
 @dataclass
@@ -19,6 +27,12 @@ class CheckReport:
     vectors: int = 0
     problems: list[str] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
+    #: Not faults: what could not be compared because an index run is writing.
+    notes: list[str] = field(default_factory=list)
+    #: What to do about problems a repair does not fix.
+    advice: list[str] = field(default_factory=list)
+    #: Some problem is fixed by a repair.
+    repairable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -28,8 +42,12 @@ class CheckReport:
 def check_index(folder: Path, catalog: Catalog, repair: bool = False) -> CheckReport:
     """Every live vector searchable under its id, no orphan ids, model recorded, and the
     FAISS file in agreement with the catalog. With `repair`, fix what can be fixed without
-    embedding: rebuild FAISS, drop orphan vectors, send rows without a vector back to be
-    embedded by the next `clipdex index`."""
+    embedding: rebuild FAISS, drop orphan vectors, send rows without a (sound) vector back
+    to be embedded by the next `clipdex index`.
+
+    Without `repair` (which holds the writer lock itself), a FAISS file that is missing or
+    behind while an index run holds the lock is a note, not a problem: the run saves it.
+    """
     report = CheckReport()
     counts = catalog.counts()
     report.images, report.vectors = counts["ok"], counts["vectors"]
@@ -37,6 +55,19 @@ def check_index(folder: Path, catalog: Catalog, repair: bool = False) -> CheckRe
     if identity is None:
         if counts["ok"] or counts["vectors"]:
             report.problems.append("the catalog holds vectors but no model identity")
+            report.advice.append("delete the index folder and index the sources again")
+        saved = _saved_count(folder)
+        if not repair and _run_in_progress(folder):  # before its first batch
+            report.notes.append("an index run is in progress; check again when it ends")
+        elif saved and not counts["ok"]:
+            report.problems.append(
+                f"the catalog holds no images, but {INDEX_FILE} holds {saved} vectors: "
+                "the catalog was lost or emptied"
+            )
+            report.advice.append(
+                f"restore {CATALOG_FILE} from a backup, or delete the index folder and "
+                "index the sources again"
+            )
         return report
     _check_rows(catalog, identity.dim, report, repair)
     _check_faiss(folder, catalog, identity.dim, report, repair)
@@ -45,13 +76,11 @@ def check_index(folder: Path, catalog: Catalog, repair: bool = False) -> CheckRe
 
 def _check_rows(catalog: Catalog, dim: int, report: CheckReport, repair: bool) -> None:
     with catalog.engine.connect() as conn:
-        missing = list(
-            conn.execute(
-                select(Image.id)
-                .outerjoin(Vector, Vector.image_id == Image.id)
-                .where(Image.status == "ok", Vector.image_id.is_(None))
-            ).scalars()
-        )
+        missing = conn.execute(
+            select(Image.id, Image.size)
+            .outerjoin(Vector, Vector.image_id == Image.id)
+            .where(Image.status == "ok", Vector.image_id.is_(None))
+        ).all()
         orphans = list(
             conn.execute(
                 select(Vector.image_id)
@@ -59,32 +88,40 @@ def _check_rows(catalog: Catalog, dim: int, report: CheckReport, repair: bool) -
                 .where((Image.id.is_(None)) | (Image.status != "ok"))
             ).scalars()
         )
-        bad_size = conn.execute(
-            select(func.count()).select_from(Vector).where(func.length(Vector.vector) != dim * 4)
-        ).scalar_one()
-    if bad_size:
-        report.problems.append(f"{bad_size} stored vectors do not have {dim} dimensions")
-    off_norm = (
-        sum(
-            int(np.count_nonzero(np.abs(np.linalg.norm(v, axis=1) - 1) > 1e-3))
-            for _, v in catalog.iter_vectors()
+        bad = list(
+            conn.execute(
+                select(Vector.image_id).where(func.length(Vector.vector) != dim * 4)
+            ).scalars()
         )
-        if not bad_size
-        else 0
-    )
-    if off_norm:
-        report.problems.append(f"{off_norm} stored vectors are not unit length")
+    if bad:
+        report.problems.append(f"{len(bad)} stored vectors do not have {dim} dimensions")
+    else:
+        for ids, vectors in catalog.iter_vectors():
+            norms = np.linalg.norm(vectors, axis=1)
+            bad.extend(ids[~(np.abs(norms - 1) <= 1e-3)].tolist())
+        if bad:
+            report.problems.append(f"{len(bad)} stored vectors are not unit length")
+    bad = sorted(set(bad) - set(orphans))  # orphans are dropped, not re-embedded
+    queued = [i for i, size in missing if size == QUEUED]
+    missing = [i for i, size in missing if size != QUEUED]
+    if queued:
+        report.problems.append(f"{len(queued)} images wait to be embedded by the next index run")
+        report.advice.append("run `clipdex index` on their sources to embed them")
     if missing:
         report.problems.append(f"{len(missing)} indexed images have no stored vector")
     if orphans:
         report.problems.append(f"{len(orphans)} stored vectors belong to no indexed image")
+    report.repairable |= bool(bad or missing or orphans)
     if not repair:
         return
     with catalog._write() as conn:
-        if missing:
+        if bad or missing:
+            conn.execute(delete(Vector).where(Vector.image_id.in_(bad)))
             # size -1 never matches a file: the next `clipdex index` embeds them again
-            conn.execute(update(Image).where(Image.id.in_(missing)).values(size=-1))
-            report.repairs.append(f"{len(missing)} images will be embedded by the next index run")
+            conn.execute(update(Image).where(Image.id.in_(bad + missing)).values(size=QUEUED))
+            report.repairs.append(
+                f"{len(bad) + len(missing)} images will be embedded by the next index run"
+            )
         if orphans:
             conn.execute(delete(Vector).where(Vector.image_id.in_(orphans)))
             report.repairs.append(f"deleted {len(orphans)} orphan vectors")
@@ -93,18 +130,27 @@ def _check_rows(catalog: Catalog, dim: int, report: CheckReport, repair: bool) -
 def _check_faiss(
     folder: Path, catalog: Catalog, dim: int, report: CheckReport, repair: bool
 ) -> None:
-    seq = catalog.change_seq()
     loaded, why = _load(folder, dim)
-    problem = None
-    if loaded is None:
-        problem = f"{INDEX_FILE}: {why}"
-    elif loaded.seq != seq:
-        problem = f"{INDEX_FILE} reflects change {loaded.seq}, the catalog is at {seq}"
-    else:
-        problem = _compare(loaded, catalog)
+    with catalog.read_snapshot() as snapshot:  # the sequence and the vectors agree
+        seq = snapshot.change_seq()
+        behind = None
+        if loaded is None:
+            problem = f"{INDEX_FILE}: {why}"
+            behind = "is not saved yet" if why == "no saved index" else None
+        elif loaded.seq != seq:
+            problem = f"{INDEX_FILE} reflects change {loaded.seq}, the catalog is at {seq}"
+            behind = "is behind the catalog" if loaded.seq < seq else None
+        else:
+            problem = _compare(loaded, snapshot)
     if problem is None:
         return
+    if behind and not repair and _run_in_progress(folder):
+        report.notes.append(
+            f"an index run is in progress and {INDEX_FILE} {behind}; check again when the run ends"
+        )
+        return
     report.problems.append(problem)
+    report.repairable = True
     if repair:
         rebuilt = VectorIndex.rebuild(catalog)
         rebuilt.save(folder)
@@ -113,7 +159,30 @@ def _check_faiss(
         )
 
 
-def _compare(index: VectorIndex, catalog: Catalog) -> str | None:
+def _saved_count(folder: Path) -> int:
+    """How many vectors the saved FAISS file holds, per its sidecar (0 if none)."""
+    sidecar = _read_sidecar(folder / SIDECAR_FILE)
+    return sidecar["ntotal"] if sidecar and (folder / INDEX_FILE).is_file() else 0
+
+
+def _run_in_progress(folder: Path) -> bool:
+    """Does a writer hold the index's lock? Probed with a shared lock, released at once."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock we took
+    return False
+
+
+def _compare(index: VectorIndex, catalog: Snapshot) -> str | None:
     """None if the FAISS index holds exactly the catalog's vectors under the same ids."""
     faiss_ids = index.ids()
     stored_ids = []

@@ -2,8 +2,9 @@
 
 `vectors.faiss` is written to a temporary file and renamed into place; its sidecar
 `vectors.json` records the index type and the catalog change sequence it reflects. On open,
-a missing, corrupt or foreign file is rebuilt from the stored vectors, and one that lags
-the catalog is caught up (removed and added by id).
+a missing, corrupt, garbled (an id twice, vectors not of unit length) or foreign file is
+rebuilt from the stored vectors, and one that lags the catalog is caught up (removed and
+added by id).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 INDEX_FILE = "vectors.faiss"
 SIDECAR_FILE = "vectors.json"
 INDEX_TYPE_FLAT = "flat"
+EMPTY_INDEX = "the index is empty: no images have been indexed yet"
 
 
 @dataclass(frozen=True)
@@ -147,9 +149,9 @@ class VectorIndex:
         """Load the saved index and bring it in step with the catalog."""
         identity = catalog.model_identity()
         if identity is None:
-            raise CatalogError("the index is empty: no images have been indexed yet")
-        seq = catalog.change_seq()
+            raise CatalogError(EMPTY_INDEX)
         loaded, why = _load(folder, identity.dim)
+        seq = catalog.change_seq()  # after the load: a save meanwhile is not "newer"
         if loaded is None:
             return cls.rebuild(catalog), LoadReport("rebuilt", why)
         if loaded.seq == seq:
@@ -163,29 +165,32 @@ class VectorIndex:
     @staticmethod
     def is_current(folder: Path, catalog: Catalog) -> bool:
         """Cheap test from the sidecar: does the saved file reflect the catalog's last change?"""
-        try:
-            sidecar = json.loads((folder / SIDECAR_FILE).read_text())
-        except (OSError, ValueError):
+        sidecar = _read_sidecar(folder / SIDECAR_FILE)
+        if sidecar is None:
             return False
-        return (folder / INDEX_FILE).is_file() and sidecar.get("seq") == catalog.change_seq()
+        return (folder / INDEX_FILE).is_file() and sidecar["seq"] == catalog.change_seq()
 
     @classmethod
     def rebuild(cls, catalog: Catalog) -> VectorIndex:
         identity = catalog.model_identity()
         dim = identity.dim if identity else 0
-        index = cls(dim, seq=catalog.change_seq())
-        for ids, vectors in catalog.iter_vectors():
-            index.add(ids, vectors)
+        with catalog.read_snapshot() as snapshot:
+            index = cls(dim, seq=snapshot.change_seq())
+            if identity is not None:
+                for ids, vectors in snapshot.iter_vectors():
+                    index.add(ids, vectors)
         index.dirty = True
         return index
 
     def catch_up(self, catalog: Catalog) -> None:
-        """Apply the catalog's changes after self.seq: removals, then (re)written vectors."""
-        target = catalog.change_seq()
-        deleted, rewritten = catalog.changed_since(self.seq)
-        self.remove(deleted + rewritten)
-        for ids, vectors in catalog.iter_vectors(since_seq=self.seq):
-            self.add(ids, vectors)
+        """Apply the catalog's changes after self.seq: removals, then (re)written vectors,
+        all read in one transaction so that a batch committed meanwhile is not half seen."""
+        with catalog.read_snapshot() as snapshot:
+            target = snapshot.change_seq()
+            deleted, rewritten = snapshot.changed_since(self.seq)
+            self.remove(deleted + rewritten)
+            for ids, vectors in snapshot.iter_vectors(since_seq=self.seq):
+                self.add(ids, vectors)
         self.seq = target
         self.dirty = True
 
@@ -200,21 +205,71 @@ def _gpu_count() -> int:
 
 
 def _load(folder: Path, dim: int) -> tuple[VectorIndex | None, str]:
+    """The saved index if it can be trusted, else None and why (the caller rebuilds)."""
     import faiss
 
     index_path, sidecar_path = folder / INDEX_FILE, folder / SIDECAR_FILE
     if not index_path.exists() or not sidecar_path.exists():
         return None, "no saved index"
+    sidecar = _read_sidecar(sidecar_path)
+    if sidecar is None:
+        return None, f"{SIDECAR_FILE} unreadable"
     try:
-        sidecar = json.loads(sidecar_path.read_text())
         index = faiss.read_index(str(index_path))
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
         return None, f"saved index unreadable ({str(exc).splitlines()[0][:80]})"
-    if sidecar.get("type") != INDEX_TYPE_FLAT or index.d != dim or sidecar.get("dim") != dim:
+    if sidecar["type"] != INDEX_TYPE_FLAT or sidecar["dim"] != dim or not _is_flat_ip(index, dim):
         return None, "saved index has another type or dimension"
-    if int(sidecar.get("ntotal", -1)) != int(index.ntotal):
+    if sidecar["ntotal"] != int(index.ntotal):
         return None, "saved index does not match its sidecar"
-    return VectorIndex(dim, seq=int(sidecar.get("seq", 0)), index=index), ""
+    loaded = VectorIndex(dim, seq=sidecar["seq"], index=index)
+    problem = _garbled(loaded)
+    return (None, f"saved index {problem}") if problem else (loaded, "")
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    """The sidecar's fields, or None if it is unreadable or not of the shape save() writes."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return None
+    numbers = [data.get(key) for key in ("seq", "ntotal", "dim")]
+    if not all(type(n) is int and n >= 0 for n in numbers):
+        return None
+    return data
+
+
+def _is_flat_ip(index, dim: int) -> bool:
+    import faiss
+
+    if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
+        return False
+    flat = faiss.downcast_index(index.index)
+    return isinstance(flat, faiss.IndexFlat) and flat.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+#: Rows whose norms are checked when a saved index is opened (`check` compares them all).
+NORM_SAMPLE = 1024
+
+
+def _garbled(index: VectorIndex) -> str | None:
+    """Why the index's contents cannot be what save() wrote: ids twice, or (on an even
+    sample of rows) vectors that are not finite unit vectors."""
+    ids = index.ids()
+    duplicates = len(ids) - len(np.unique(ids))
+    if duplicates:
+        return f"holds {duplicates} duplicate ids"
+    if len(ids) == 0:
+        return None
+    _, matrix = next(index.vectors(chunk=len(ids)))
+    rows = np.unique(np.linspace(0, len(ids) - 1, num=min(len(ids), NORM_SAMPLE)).astype(int))
+    with np.errstate(all="ignore"):
+        norms = np.linalg.norm(matrix[rows].astype(np.float64), axis=1)
+    if not np.all(np.abs(norms - 1) <= 1e-3):  # also false for inf and nan
+        return "holds vectors that are not unit length"
+    return None
 
 
 def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
