@@ -43,9 +43,9 @@ def reset_peak() -> None:
 
 def build(folder: Path, n: int, dim: int) -> None:
     """A catalog with n images and vectors, and its FAISS file, written directly."""
-    from clipdex.embedding import ModelIdentity
     from clipdex.storage.catalog import Catalog
-    from clipdex.storage.vectors import VectorIndex
+    from clipdex.types import ModelIdentity
+    from clipdex.vectors.flat import VectorIndex
 
     catalog = Catalog(folder)
     catalog.claim_model(ModelIdentity("synthetic", "random", dim))
@@ -79,11 +79,11 @@ def build(folder: Path, n: int, dim: int) -> None:
 
 
 def measure(folder: Path, labels: int, dim: int) -> dict:
-    from clipdex.search.classify import CHUNK, assign
-    from clipdex.search.labels import LabelSet
+    from clipdex.classify.scoring import CHUNK, assign
     from clipdex.storage.catalog import Catalog
     from clipdex.storage.labels import LabelStore
-    from clipdex.storage.vectors import VectorIndex
+    from clipdex.types import LabelSet
+    from clipdex.vectors.flat import VectorIndex
 
     started = time.perf_counter()
     catalog = Catalog(folder)

@@ -31,10 +31,11 @@ PER_FOLDER = 1000
 
 
 def build(root: Path, index: Path, files: int) -> None:
-    from clipdex.embedding import RANDOM_WEIGHTS, ModelIdentity
-    from clipdex.indexer.fingerprint import fingerprint
+    from clipdex.models.spec import RANDOM_WEIGHTS
+    from clipdex.sources.fingerprint import fingerprint
     from clipdex.storage.catalog import Catalog
-    from clipdex.storage.vectors import VectorIndex
+    from clipdex.types import ModelIdentity
+    from clipdex.vectors.flat import VectorIndex
 
     catalog = Catalog(index)
     catalog.claim_model(ModelIdentity("clipdex-tiny", RANDOM_WEIGHTS, 64))
@@ -90,8 +91,8 @@ def build(root: Path, index: Path, files: int) -> None:
 
 def scan_memory(root: Path, index: Path) -> dict:
     """Peak RSS of plan_sync alone, above the process's RSS before it."""
-    from clipdex.indexer.sources import LocalSource
-    from clipdex.indexer.sync import plan_sync
+    from clipdex.indexer.plan import plan_sync
+    from clipdex.sources.local import LocalSource
     from clipdex.storage.catalog import Catalog
 
     def status(field: str) -> float:

@@ -76,7 +76,7 @@ def main() -> None:
     import boto3
 
     import clipdex
-    from clipdex.indexer import fetch
+    from clipdex.sources import fetch
 
     server, endpoint = start_moto()
     try:

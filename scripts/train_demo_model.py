@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdex.demo_weights import DEMO_MODEL, pack, weights_path
-from clipdex.embedding import Embedder, ModelSpec
+from clipdex.classify.runs import build_label_matrix
+from clipdex.models.builtin import DEMO_MODEL
+from clipdex.models.demo_weights import pack, weights_path
+from clipdex.models.open_clip import Embedder
+from clipdex.models.spec import ModelSpec
 from clipdex.samples import CAPTIONS, COLOURS, HELD_OUT, SHAPES, draw_shape, labels, write_pairs
-from clipdex.search.labels import LabelSet
-from clipdex.search.zero_shot import build_label_matrix
+from clipdex.types import LabelSet
 
 
 def accuracy(embedder: Embedder, combos, per_combo: int = 25, seed: int = 999) -> float:

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import clipdex
-from clipdex.embedding import Embedder, ModelSpec
+from clipdex.classify.runs import build_label_matrix
+from clipdex.classify.templates import load_templates
+from clipdex.models.open_clip import Embedder
+from clipdex.models.spec import ModelSpec
 from clipdex.samples import COLOURS, SHAPES, write_samples
-from clipdex.search.labels import LabelSet
-from clipdex.search.templates import load_templates
-from clipdex.search.zero_shot import build_label_matrix
+from clipdex.types import LabelSet
 from conftest import TINY, make_images, run_cli
 from test_invariants import stored
 
@@ -230,8 +231,8 @@ def test_label_with_own_prompts_uses_exactly_them():
 
 
 def test_python_api(corpus):
-    from clipdex.search.labels import parse_labels
-    from clipdex.search.zero_shot import ClassifyOptions
+    from clipdex.classify.labels import parse_labels
+    from clipdex.classify.runs import ClassifyOptions
 
     with clipdex.open_index(corpus) as index:
         result = index.classify(parse_labels("cat,dog"), ClassifyOptions(save=False))

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import clipdex
+from clipdex.classify.labels import parse_labels, read_labels_file
+from clipdex.classify.runs import ClassifyOptions
+from clipdex.classify.templates import load_templates
 from clipdex.errors import LabelsError, QueryError
-from clipdex.search.labels import parse_labels, read_labels_file
-from clipdex.search.templates import load_templates
-from clipdex.search.zero_shot import ClassifyOptions
 from clipdex.training.pairs import PairsError, load_pairs
 from conftest import TINY, make_images, run_cli
 from test_hostile import can_mount
@@ -115,7 +115,7 @@ def test_a_run_left_empty_by_an_older_clipdex_is_ignored(runner, small, index_di
 
 def _deleting_during_assign(monkeypatch, folder, index_dir):
     """Make the next classify delete 4 images and rewrite 1 while it scores."""
-    from clipdex.search import zero_shot
+    from clipdex.classify import runs as zero_shot
 
     original = zero_shot.assign
     names = sorted(folder.iterdir())
@@ -165,7 +165,7 @@ def test_no_save_never_prints_a_row_without_its_uri(runner, small, index_dir, mo
 def test_sqlite_errors_while_saving_are_one_line(runner, small, index_dir, monkeypatch):
     import sqlite3
 
-    from clipdex.search import zero_shot
+    from clipdex.classify import runs as zero_shot
 
     original = zero_shot.Classification.columns
 

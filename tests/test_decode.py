@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from clipdex.errors import ImageDecodeError
-from clipdex.indexer.decode import load_image, sniff_format
+from clipdex.media.decode import load_image, sniff_format
 
 
 def png_declaring(width: int, height: int) -> bytes:

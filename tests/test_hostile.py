@@ -10,8 +10,8 @@ import sys
 import pytest
 
 import clipdex
-from clipdex.embedding import ModelSpec
 from clipdex.errors import CatalogError, SourceError
+from clipdex.models.spec import ModelSpec
 from conftest import TINY, make_images, run_cli
 
 

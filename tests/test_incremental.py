@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import clipdex
-from clipdex.embedding import ModelSpec
-from clipdex.storage.vectors import INDEX_FILE, SIDECAR_FILE
+from clipdex.models.spec import ModelSpec
+from clipdex.vectors.flat import INDEX_FILE, SIDECAR_FILE
 from conftest import TINY, make_images, run_cli
 
 TINY_SPEC = ModelSpec("clipdex-tiny")

@@ -31,7 +31,8 @@ def open_clip_reference(paths) -> np.ndarray:
     """What open_clip itself computes for clipdex-tiny: encode_image(preprocess(img)), fp32."""
     import open_clip
 
-    from clipdex.embedding import RANDOM_SEED, register_builtin_configs
+    from clipdex.models.builtin import register_builtin_configs
+    from clipdex.models.spec import RANDOM_SEED
 
     register_builtin_configs()
     with torch.random.fork_rng(devices=[]):

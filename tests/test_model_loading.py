@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from clipdex.embedding import Embedder, ModelSpec, resolve_precision
 from clipdex.errors import ModelLoadError
+from clipdex.models.device import resolve_precision
+from clipdex.models.open_clip import Embedder
+from clipdex.models.spec import ModelSpec
 from conftest import make_images, run_cli
 
 

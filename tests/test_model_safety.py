@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from clipdex.api import Index
-from clipdex.embedding import Embedder, ModelSpec, file_sha256
 from clipdex.errors import IndexNotFoundError, ModelLoadError, ModelMismatchError
+from clipdex.models.open_clip import Embedder
+from clipdex.models.spec import ModelSpec, file_sha256
 from conftest import TINY, make_images, run_cli
 
 
@@ -268,7 +269,7 @@ def test_loading_a_model_leaves_the_root_logger_alone(monkeypatch):
 def test_no_stray_log_line_reaches_stderr(tmp_path):
     code = (
         "import logging\n"
-        "from clipdex.embedding import Embedder, ModelSpec\n"
+        "from clipdex.models.open_clip import Embedder, ModelSpec\n"
         "Embedder(ModelSpec('clipdex-tiny'), 'cpu', 'fp32')\n"
         "logging.getLogger('app').warning('after')\n"
     )

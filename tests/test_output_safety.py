@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from clipdex.cli_output import write_rows
+from clipdex.cli.output import write_rows
 from conftest import TINY, make_images, run_cli
 
 EVIL = "bad\nimages:   999 indexed\x1b[2J\x07\r\x7f\x9b"
@@ -23,7 +23,7 @@ def assert_clean(text: str) -> None:
 
 
 def test_escape_control_covers_c0_del_and_c1():
-    from clipdex.cli_output import escape_control
+    from clipdex.cli.output import escape_control
 
     assert escape_control(EVIL) == ESCAPED
     assert escape_control("tab\there\x00") == "tab\\there\\x00"

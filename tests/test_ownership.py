@@ -10,7 +10,7 @@ import json
 import sqlite3
 
 import clipdex
-from clipdex.embedding import ModelSpec
+from clipdex.models.spec import ModelSpec
 from conftest import TINY, make_images, run_cli
 
 TINY_SPEC = ModelSpec("clipdex-tiny")

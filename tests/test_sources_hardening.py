@@ -21,11 +21,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 import clipdex
-from clipdex.embedding import ModelSpec
 from clipdex.errors import ClipdexError, ImageDecodeError, SourceError
-from clipdex.indexer import fetch
-from clipdex.indexer.decode import load_image
-from clipdex.indexer.fingerprint import fingerprint
+from clipdex.media.decode import load_image
+from clipdex.models.spec import ModelSpec
+from clipdex.sources import fetch
+from clipdex.sources.fingerprint import fingerprint
 from conftest import TINY, make_images, run_cli
 
 TINY_SPEC = ModelSpec("clipdex-tiny")

@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import event
 
 import clipdex
-from clipdex.embedding import ModelSpec
 from clipdex.errors import CatalogError
+from clipdex.models.spec import ModelSpec
 from clipdex.search.query import search_vectors
 from clipdex.storage.catalog import Catalog, ImageRecord
 from clipdex.storage.lock import WriterLock
-from clipdex.storage.vectors import INDEX_FILE, SIDECAR_FILE, VectorIndex
+from clipdex.vectors.flat import INDEX_FILE, SIDECAR_FILE, VectorIndex
 from conftest import TINY, make_images, run_cli
 
 CATALOG = "catalog.sqlite"
@@ -348,7 +348,7 @@ def test_search_before_any_vector_is_stored(runner, index_dir, tmp_path):
     catalog = Catalog(index_dir)
     catalog.close()
     one_line_error(run_cli(runner, "search", "x", expect=1), "the index is empty")
-    from clipdex.embedding import Embedder
+    from clipdex.models.open_clip import Embedder
 
     catalog = Catalog(index_dir)
     catalog.claim_model(Embedder(ModelSpec("clipdex-tiny"), "cpu").identity)

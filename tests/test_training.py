@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from clipdex.embedding import ModelSpec
+from clipdex.models.spec import ModelSpec
 from clipdex.samples import HELD_OUT, write_pairs
 from clipdex.training.finetune import TrainOptions, finetune
 from clipdex.training.pairs import PairsError, load_pairs

@@ -5,8 +5,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from clipdex.storage import vectors as vectors_module
-from clipdex.storage.vectors import VectorIndex
+from clipdex.vectors import flat as vectors_module
+from clipdex.vectors.flat import VectorIndex
 
 
 def unit_rows(n: int, d: int = 16, seed: int = 0) -> np.ndarray:

@@ -20,11 +20,11 @@ _EXPORTS = {
     "Index": "clipdex.api",
     "IndexStatus": "clipdex.api",
     "open_index": "clipdex.api",
-    "ModelSpec": "clipdex.embedding",
-    "ModelIdentity": "clipdex.embedding",
-    "Embedder": "clipdex.embedding",
+    "ModelSpec": "clipdex.models.spec",
+    "ModelIdentity": "clipdex.types",
+    "Embedder": "clipdex.models.open_clip",
     "IndexReport": "clipdex.indexer.run",
-    "SearchResult": "clipdex.search.query",
+    "SearchResult": "clipdex.search.results",
 }
 
 __all__ = [
@@ -40,10 +40,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import Index, IndexStatus, open_index
-    from .embedding import Embedder, ModelIdentity, ModelSpec
-    from .indexer.run import IndexReport
-    from .search.query import SearchResult
+    from clipdex.api import Index, IndexStatus, open_index
+    from clipdex.indexer.run import IndexReport
+    from clipdex.models.open_clip import Embedder
+    from clipdex.models.spec import ModelSpec
+    from clipdex.search.results import SearchResult
+    from clipdex.types import ModelIdentity
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """`python -m clipdex` runs the CLI."""
 
-from .cli import main
+from clipdex.cli import main
 
 main()

@@ -7,18 +7,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .demo_weights import DEMO_MODEL
-from .embedding import ModelSpec
-from .samples import COLOURS, HELD_OUT, SHAPES, labels, write_samples
+from clipdex.models.builtin import DEMO_MODEL
+from clipdex.models.spec import ModelSpec
+from clipdex.samples import COLOURS, HELD_OUT, SHAPES, labels, write_samples
 
 QUERIES = ("a red circle", "a blue star", "a green square")
 
 
 def run_demo(folder: Path | None = None, count: int = 288) -> Iterator[str]:
     """Write samples, index them with the demo model, search and classify; yield lines."""
-    from . import open_index
-    from .search.labels import LabelSet
-    from .search.zero_shot import ClassifyOptions
+    from clipdex.api import open_index
+    from clipdex.classify.runs import ClassifyOptions
+    from clipdex.types import LabelSet
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="clipdex-demo-") as tmp:

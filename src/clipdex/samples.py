@@ -112,7 +112,7 @@ def write_pairs(
     with captions in varied phrasings and the combination as the group; returns pairs.csv."""
     import random
 
-    from .training.pairs import Pair, write_pairs_csv
+    from clipdex.training.pairs import Pair, write_pairs_csv
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ImageDecodeError
-from .decode import DEFAULT_MAX_PIXELS, load_image
-from .fingerprint import read_fingerprinted
-from .sources import FileEntry
+from clipdex.errors import ImageDecodeError
+from clipdex.media.decode import DEFAULT_MAX_PIXELS, load_image
+from clipdex.sources.fingerprint import read_fingerprinted
+from clipdex.sources.local import FileEntry
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -8,16 +8,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..embedding import Embedder
-from ..errors import SourceError
-from ..storage.catalog import Catalog, ImageRecord
-from ..storage.vectors import VectorIndex
-from .decode import DEFAULT_MAX_PIXELS
-from .fetch import FileSystems, fetch_batches
-from .pipeline import Batch, decode_batches
-from .remote import StoreOptions
-from .sources import LocalSource
-from .sync import ProgressCallback, Reuse, Source, SyncPlan, plan_sync
+from clipdex.errors import SourceError
+from clipdex.indexer.fetch_pipeline import fetch_batches
+from clipdex.indexer.pipeline import Batch, decode_batches
+from clipdex.indexer.plan import Reuse, SyncPlan, plan_sync
+from clipdex.media.decode import DEFAULT_MAX_PIXELS
+from clipdex.models.open_clip import Embedder
+from clipdex.sources import Source
+from clipdex.sources.fetch import FileSystems
+from clipdex.storage.catalog import Catalog, ImageRecord
+from clipdex.types import ProgressCallback
+from clipdex.vectors.flat import VectorIndex
 
 #: Seconds between saves of the FAISS file during a long run (readers then catch up less).
 SAVE_EVERY_S = 60.0
@@ -88,7 +89,7 @@ def index_source(
                 "from it; if they were deleted on purpose, run again with --allow-empty"
             )
         raise SourceError(f"no images found in {source.uri}")
-    store = _options_of(source)
+    store = source.store
     source_id = catalog.source_id(source.uri, source.kind, store.as_dict() if store else None)
     catalog.link(source_id, plan.link_ids)
     embedder = None
@@ -220,7 +221,7 @@ def _embed_all(
 
 def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
     """Local files decode in worker processes; remote objects are fetched by threads."""
-    if isinstance(source, LocalSource):
+    if source.local:
         return decode_batches(
             plan.to_embed,
             embedder.preprocess,
@@ -230,17 +231,12 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
         )
     return fetch_batches(
         plan.to_embed,
-        FileSystems(_options_of(source)).for_uri,
+        FileSystems(source.store).for_uri,
         embedder.preprocess,
         options.batch_size,
         options.fetch_workers,
         max_pixels=options.max_pixels,
     )
-
-
-def _options_of(source: Source) -> StoreOptions | None:
-    """How a remote source reaches its store; None for local folders and files."""
-    return getattr(source, "options", None)
 
 
 def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:

@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..embedding import Embedder
-from ..errors import CatalogError, ImageDecodeError, QueryError
-from ..indexer.decode import load_image
-from ..storage.catalog import Catalog
-from ..storage.vectors import EMPTY_INDEX, VectorIndex
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    id: int
-    uri: str
-    score: float  # cosine similarity, in [-1, 1]
-    width: int | None = None
-    height: int | None = None
-
-    def as_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "uri": self.uri,
-            "score": round(self.score, 6),
-            "width": self.width,
-            "height": self.height,
-        }
+from clipdex.errors import CatalogError, ImageDecodeError, QueryError
+from clipdex.media.decode import load_image
+from clipdex.models.open_clip import Embedder
+from clipdex.search.results import SearchResult
+from clipdex.storage.catalog import Catalog
+from clipdex.vectors.flat import EMPTY_INDEX, VectorIndex
 
 
 def query_vector(

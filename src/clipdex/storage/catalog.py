@@ -16,11 +16,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DatabaseError
 
-from ..embedding import ModelIdentity
-from ..errors import CatalogError, ClipdexError, IndexReadOnlyError, ModelMismatchError
-from .catalog_links import SourceLinks
-from .catalog_scan import ScanQueries
-from .schema import (
+from clipdex.errors import CatalogError, ClipdexError, IndexReadOnlyError, ModelMismatchError
+from clipdex.storage.catalog_links import SourceLinks
+from clipdex.storage.catalog_scan import ScanQueries
+from clipdex.storage.db import WriteScope, bump_seq, database_error, get_meta, make_engine, set_meta
+from clipdex.storage.schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Base,
@@ -32,8 +32,8 @@ from .schema import (
     Tombstone,
     Vector,
 )
-from .snapshot import Snapshot, read_vectors
-from .sqlite import WriteScope, bump_seq, database_error, get_meta, make_engine, set_meta
+from clipdex.storage.snapshot import Snapshot, read_vectors
+from clipdex.types import ModelIdentity
 
 CATALOG_FILE = "catalog.sqlite"
 

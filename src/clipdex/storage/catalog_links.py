@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
-from .sqlite import bump_seq
+from clipdex.storage.db import bump_seq
 
 _CHUNK = 500
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import select
 
-from .schema import Image, Vector
+from clipdex.storage.schema import Image, Vector
 
 
 @dataclass(frozen=True)

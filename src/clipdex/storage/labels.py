@@ -13,11 +13,11 @@ from itertools import repeat
 import numpy as np
 from sqlalchemy import exists, func, select
 
-from ..errors import IndexReadOnlyError
-from ..search.labels import LabelSet
-from .catalog import Catalog
-from .schema import Assignment, ClassifyRun, RunLabel
-from .sqlite import CACHE_KIB, database_error
+from clipdex.errors import IndexReadOnlyError
+from clipdex.storage.catalog import Catalog
+from clipdex.storage.db import CACHE_KIB, database_error
+from clipdex.storage.schema import Assignment, ClassifyRun, RunLabel
+from clipdex.types import LabelSet
 
 
 def labels_key(labels: LabelSet, templates: str, model: str) -> str:

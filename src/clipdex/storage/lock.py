@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ..errors import IndexLockedError
+from clipdex.errors import IndexLockedError
 
 LOCK_FILE = "lock"
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..errors import CatalogError
+from clipdex.errors import CatalogError
 
 
 class Snapshot:

@@ -10,19 +10,19 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..embedding import Embedder, ModelSpec
-from ..errors import ClipdexError
-from ..indexer.decode import load_image
-from ..storage.atomic import atomic_open
-from .pairs import Pair
-
-ProgressCallback = Callable[[str, int, "int | None"], None]
+from clipdex.errors import ClipdexError
+from clipdex.media.decode import load_image
+from clipdex.models.open_clip import Embedder
+from clipdex.models.spec import ModelSpec
+from clipdex.storage.atomic import atomic_open
+from clipdex.training.pairs import Pair
+from clipdex.types import ProgressCallback
 
 
 @dataclass(frozen=True)

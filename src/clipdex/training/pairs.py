@@ -9,9 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ClipdexError
-from ..indexer.decode import IMAGE_EXTENSIONS
-from ..search.labels import read_utf8
+from clipdex.errors import ClipdexError
+from clipdex.media.decode import IMAGE_EXTENSIONS
+from clipdex.media.text import read_utf8
 
 
 class PairsError(ClipdexError):

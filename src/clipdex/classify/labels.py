@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import LabelsError
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    """Label names in order, and the labels that bring their own prompts."""
-
-    names: list[str]
-    prompts: dict[str, list[str]] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.names)
+from clipdex.errors import LabelsError
+from clipdex.media.text import read_utf8
+from clipdex.types import LabelSet
 
 
 def parse_labels(text: str) -> LabelSet:
@@ -47,19 +37,6 @@ def read_labels_file(path: str | Path) -> LabelSet:
     if not names:
         raise LabelsError(f"labels file {path} has no labels")
     return _validated(names, prompts, str(path))
-
-
-def read_utf8(path: Path, error: type[Exception]) -> str:
-    """A text file's contents (UTF-8, a BOM allowed); `error` names a binary or unreadable
-    file in one line instead of a UnicodeDecodeError."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise error(
-            f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
-        ) from None
-    except OSError as exc:
-        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _validated(names: list[str], prompts: dict[str, list[str]], where: str) -> LabelSet:

@@ -6,9 +6,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from ..errors import ImageDecodeError, SourceError
-from .decode import IMAGE_EXTENSIONS, open_regular, sniff_format
+from clipdex.errors import ImageDecodeError, SourceError
+from clipdex.media.decode import IMAGE_EXTENSIONS, open_regular, sniff_format
 
 #: Folders that hold system files or thumbnails, never photos.
 SYSTEM_FOLDERS = frozenset(
@@ -52,6 +53,10 @@ class LocalSource:
 
     root: Path
     is_file: bool
+    #: Bytes are read from local disk: the indexer decodes them in worker processes.
+    local: ClassVar[bool] = True
+    #: No store options: nothing to remember about how to reach a local file.
+    store: ClassVar[None] = None
     include_hidden: bool = False
     exclude: tuple[Path, ...] = ()
     follow_symlinks: bool = False

@@ -1,4 +1,4 @@
-"""Remote sources through fsspec: s3://, gs://, az://, http(s):// and lists of uris.
+"""Remote sources through fsspec: s3://, gs://, az://, http(s)://.
 
 Object stores are listed prefix by prefix (like folders), and an object's ETag (with its
 size) decides whether it changed; a web server's Content-MD5, Digest, ETag or
@@ -8,19 +8,14 @@ Last-Modified does (see `_version`), and an object without any is fetched every 
 
 from __future__ import annotations
 
-import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..errors import ImageDecodeError, SourceError
-from .decode import IMAGE_EXTENSIONS, open_regular
-from .sources import FileEntry
-
-#: A list file larger than this is refused (about a million uris).
-MAX_LIST_BYTES = 64 * 1024 * 1024
+from clipdex.errors import SourceError
+from clipdex.media.decode import IMAGE_EXTENSIONS
+from clipdex.sources.local import FileEntry
 
 #: uri scheme -> (fsspec protocol, the package that provides it, the clipdex extra)
 SCHEMES = {
@@ -85,7 +80,7 @@ def strip_scheme(uri: str) -> str:
     return uri.split("://", 1)[1] if scheme_of(uri) in ("s3", "gs", "gcs", "az", "abfs") else uri
 
 
-def _entry(uri: str, info: dict[str, Any]) -> FileEntry:
+def entry_of(uri: str, info: dict[str, Any]) -> FileEntry:
     modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
     mtime_ns = 0
     if hasattr(modified, "timestamp"):
@@ -136,6 +131,13 @@ class RemoteSource:
     include_hidden: bool = False
     is_file: bool = False
     fs: Any = None
+    #: Bytes come over the network: the indexer fetches them in a thread pool.
+    local: ClassVar[bool] = False
+
+    @property
+    def store(self) -> StoreOptions:
+        """How to reach the store: remembered with the source, used to fetch bytes later."""
+        return self.options
 
     @classmethod
     def from_uri(
@@ -173,7 +175,7 @@ class RemoteSource:
         try:
             if self.is_file:
                 info = self.fs.info(path)
-                yield posixpath.dirname(self.uri), [_entry(self.uri, info)]
+                yield posixpath.dirname(self.uri), [entry_of(self.uri, info)]
                 return
             for root, _dirs, files in self.fs.walk(path, detail=True):
                 parts = root[len(path) :].split("/")
@@ -181,7 +183,7 @@ class RemoteSource:
                     continue
                 folder = f"{scheme}://{root}"
                 entries = [
-                    _entry(f"{folder}/{name}", info)
+                    entry_of(f"{folder}/{name}", info)
                     for name, info in sorted(files.items())
                     if _is_image_key(name) and (self.include_hidden or not name.startswith("."))
                 ]
@@ -192,114 +194,3 @@ class RemoteSource:
             raise SourceError(f"access denied while listing {self.uri}: {exc}") from exc
         except OSError as exc:
             raise SourceError(f"listing {self.uri} failed: {str(exc).splitlines()[0]}") from exc
-
-
-@dataclass
-class ListSource:
-    """A text file of uris (remote or local), one a line: `--from-list urls.txt`."""
-
-    list_path: Path
-    uris: list[str]
-    options: StoreOptions = field(default_factory=StoreOptions)
-    stat_workers: int = 16
-    is_file: bool = False
-    #: uris that could not be reached this time: their indexed rows are kept, not removed
-    unknown: set[str] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        # One spelling per file, so that counts are rows: `./a.jpg` and `/x/a.jpg` are one.
-        self.uris = list(dict.fromkeys(_normalise(uri) for uri in self.uris))
-
-    @classmethod
-    def from_file(cls, path: str | Path, options: StoreOptions | None = None) -> ListSource:
-        list_path = Path(os.path.abspath(os.path.expanduser(str(path))))
-        lines = [line.strip() for line in _read_list(list_path, path).splitlines()]
-        uris = [u for u in lines if u and not u.startswith("#")]
-        if not uris:
-            raise SourceError(f"list file {path} has no uris")
-        return cls(list_path, uris, options or StoreOptions())
-
-    @property
-    def uri(self) -> str:
-        return f"list:{self.list_path}"
-
-    @property
-    def kind(self) -> str:
-        return "list"
-
-    @property
-    def prefix(self) -> str:
-        return self.uri
-
-    def folders(self) -> Iterator[tuple[str, list[FileEntry] | None]]:
-        """One group: every listed uri that exists, stat'ed in parallel (HEAD requests)."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(self.stat_workers) as pool:
-            found = list(pool.map(self._stat, self.uris))
-        yield self.uri, [entry for entry in found if isinstance(entry, FileEntry)]
-
-    def _stat(self, uri: str) -> FileEntry | None:
-        """The entry; None if it is gone (its indexed row goes too); unknown if unreachable."""
-        if not is_remote(uri):
-            try:
-                stat = os.stat(uri)  # anything but a regular file fails when it is read
-            except (OSError, ValueError):  # ValueError: a NUL byte in the line
-                return None
-            return FileEntry(uri, stat.st_size, stat.st_mtime_ns)
-        try:
-            info = filesystem(uri, self.options).info(strip_scheme(uri))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            self.unknown.add(uri)
-            return None
-        return _entry(uri, info)
-
-
-def _normalise(uri: str) -> str:
-    """A local path made absolute and normal (as a folder walk names it); remote uris as is."""
-    return uri if is_remote(uri) else os.path.abspath(os.path.expanduser(uri))
-
-
-def _read_list(list_path: Path, shown: str | Path) -> str:
-    """The text of a list file: a regular file (never a FIFO or a device), of at most
-    MAX_LIST_BYTES, in UTF-8."""
-    try:
-        with open_regular(list_path) as handle:
-            data = handle.read(MAX_LIST_BYTES + 1)
-    except FileNotFoundError:
-        raise SourceError(f"list file not found: {shown}") from None
-    except ImageDecodeError:
-        raise SourceError(f"list file is not a regular file: {shown}") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read list file {shown}: {exc.strerror}") from None
-    if len(data) > MAX_LIST_BYTES:
-        raise SourceError(f"list file {shown} is too large (over {MAX_LIST_BYTES >> 20} MiB)")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise SourceError(
-            f"list file {shown} is not UTF-8 text (invalid byte at offset {exc.start})"
-        ) from None
-
-
-def open_source(
-    path: str | Path,
-    *,
-    from_list: bool = False,
-    include_hidden: bool = False,
-    exclude: tuple[Path, ...] = (),
-    options: StoreOptions | None = None,
-    follow_symlinks: bool = False,
-):
-    """The source a user means: a list file, a remote uri, or a local folder or file."""
-    from .sources import LocalSource
-
-    if from_list:
-        return ListSource.from_file(path, options)
-    if is_remote(str(path)):
-        return RemoteSource.from_uri(str(path), options, include_hidden)
-    return LocalSource.from_path(
-        path, include_hidden=include_hidden, exclude=exclude, follow_symlinks=follow_symlinks
-    )

@@ -7,20 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..embedding import Embedder
-from ..errors import QueryError
-from ..storage.catalog import Catalog
-from ..storage.labels import LabelStore, labels_key
-from ..storage.vectors import VectorIndex
-from .classify import (
-    ChunkAssignment,
-    ProgressCallback,
-    assign,
-    check_threshold,
-    label_vectors,
-)
-from .labels import LabelSet
-from .templates import load_templates
+from clipdex.classify.scoring import ChunkAssignment, assign, check_threshold, label_vectors
+from clipdex.classify.templates import load_templates
+from clipdex.errors import QueryError
+from clipdex.models.open_clip import Embedder
+from clipdex.storage.catalog import Catalog
+from clipdex.storage.labels import LabelStore, labels_key
+from clipdex.types import LabelSet, ProgressCallback
+from clipdex.vectors.flat import VectorIndex
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import click
 
-from .cli_classify import classify_command
-from .cli_options import (
+from clipdex.cli.classify import classify_command
+from clipdex.cli.finetune import demo_command, finetune_command
+from clipdex.cli.options import (
     format_option,
     handle_errors,
     index_option,
     model_options,
     runtime_options,
 )
-from .cli_output import SEARCH_FORMATS, escape_control, write_rows
-from .cli_train import demo_command, finetune_command
+from clipdex.cli.output import SEARCH_FORMATS, escape_control, write_rows
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,7 +35,8 @@ def cli() -> None:
 
 
 def _spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
-    from .embedding import DEFAULT_MODEL, ModelSpec
+    from clipdex.models.builtin import DEFAULT_MODEL
+    from clipdex.models.spec import ModelSpec
 
     if model is None and pretrained is None and checkpoint is None:
         return None
@@ -112,8 +113,8 @@ def index_command(
         clipdex index s3://photos/2024/ --endpoint-url http://127.0.0.1:9000
         clipdex index --from-list urls.txt
     """
-    from .api import Index
-    from .cli_progress import Progress
+    from clipdex.api import Index
+    from clipdex.cli.progress import Progress
 
     if not paths and not lists:
         raise click.UsageError("give a folder, file or uri to index, or --from-list FILE")
@@ -150,7 +151,7 @@ def forget_command(sources, index_dir, wait) -> None:
         clipdex forget ~/Photos
         clipdex forget urls.txt
     """
-    from .api import Index
+    from clipdex.api import Index
 
     with Index(index_dir) as index:
         for source in sources:
@@ -186,7 +187,7 @@ def search_command(query, image, k, min_score, label, index_dir, fmt, device, pr
         clipdex search --image query.jpg --format paths | xargs open
         clipdex search "sleeping" --label cat
     """
-    from .api import Index
+    from clipdex.api import Index
 
     if query is None and image is None:
         raise click.UsageError("give a QUERY text or --image FILE")
@@ -220,8 +221,8 @@ def status_command(index_dir, fmt, failures) -> None:
         clipdex status
         clipdex --index photos.clipdex status --format json
     """
-    from .api import Index
-    from .cli_status import print_status
+    from clipdex.api import Index
+    from clipdex.cli.status import print_status
 
     with Index(index_dir) as index:
         print_status(index.status(failures=failures), fmt)
@@ -241,7 +242,12 @@ def models_command(fmt, show_all) -> None:
         clipdex models
         clipdex index ./photos --model ViT-B-16 --pretrained dfn2b
     """
-    from .embedding import DEFAULT_MODEL, DEFAULT_PRETRAINED, TINY_MODEL, list_architectures
+    from clipdex.models.builtin import (
+        DEFAULT_MODEL,
+        DEFAULT_PRETRAINED,
+        TINY_MODEL,
+        list_architectures,
+    )
 
     rows = []
     for name, tags in list_architectures():
@@ -270,7 +276,7 @@ def check_command(index_dir, repair, wait) -> None:
         clipdex check
         clipdex check --repair
     """
-    from .api import Index
+    from clipdex.api import Index
 
     with Index(index_dir) as index:
         report = index.check(repair=repair, wait=wait)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import LabelsError
-from .labels import read_utf8
+from clipdex.errors import LabelsError
+from clipdex.media.text import read_utf8
 
 TEMPLATE_SETS = ("openai", "simple", "none")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli_options import CHECKPOINT_OPTION, PRETRAINED_OPTION, handle_errors
+from clipdex.cli.options import CHECKPOINT_OPTION, PRETRAINED_OPTION, handle_errors
 
 
 @click.command("finetune")
@@ -59,10 +59,10 @@ def finetune_command(pairs, out, model, pretrained, checkpoint, resume, **option
         clipdex finetune --pairs pairs.csv --out my-model.pt --model ViT-B-32-256
         clipdex index ./catalog --model ViT-B-32-256 --checkpoint my-model.pt
     """
-    from .cli_progress import Progress
-    from .embedding import ModelSpec
-    from .training.finetune import TrainOptions, finetune
-    from .training.pairs import load_pairs
+    from clipdex.cli.progress import Progress
+    from clipdex.models.spec import ModelSpec
+    from clipdex.training.finetune import TrainOptions, finetune
+    from clipdex.training.pairs import load_pairs
 
     spec = ModelSpec(model, pretrained, str(checkpoint) if checkpoint else None)
     data = load_pairs(pairs)
@@ -100,7 +100,7 @@ def demo_command(folder, count) -> None:
         clipdex demo
         clipdex demo ./shapes && clipdex --help
     """
-    from .demo import run_demo
+    from clipdex.demo import run_demo
 
     for line in run_demo(folder, count):
         click.echo(line)

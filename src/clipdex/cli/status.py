@@ -8,8 +8,8 @@ from dataclasses import asdict
 
 import click
 
-from .api import IndexStatus
-from .cli_output import escape_control
+from clipdex.api import IndexStatus
+from clipdex.cli.output import escape_control
 
 
 def print_status(status: IndexStatus, fmt: str) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import delete, func, select, update
 
-from .catalog import CATALOG_FILE, Catalog
-from .lock import LOCK_FILE
-from .schema import Image, Vector
-from .snapshot import Snapshot
-from .vectors import INDEX_FILE, SIDECAR_FILE, VectorIndex, _load, _read_sidecar
+from clipdex.storage.catalog import CATALOG_FILE, Catalog
+from clipdex.storage.lock import LOCK_FILE
+from clipdex.storage.schema import Image, Vector
+from clipdex.storage.snapshot import Snapshot
+from clipdex.vectors.flat import INDEX_FILE, SIDECAR_FILE, VectorIndex, load_saved, read_sidecar
 
 #: The size recorded for an image whose vector was dropped by a repair: it matches no
 #: file, so the next `clipdex index` embeds the image again.
@@ -130,7 +130,7 @@ def _check_rows(catalog: Catalog, dim: int, report: CheckReport, repair: bool) -
 def _check_faiss(
     folder: Path, catalog: Catalog, dim: int, report: CheckReport, repair: bool
 ) -> None:
-    loaded, why = _load(folder, dim)
+    loaded, why = load_saved(folder, dim)
     with catalog.read_snapshot() as snapshot:  # the sequence and the vectors agree
         seq = snapshot.change_seq()
         behind = None
@@ -161,7 +161,7 @@ def _check_faiss(
 
 def _saved_count(folder: Path) -> int:
     """How many vectors the saved FAISS file holds, per its sidecar (0 if none)."""
-    sidecar = _read_sidecar(folder / SIDECAR_FILE)
+    sidecar = read_sidecar(folder / SIDECAR_FILE)
     return sidecar["ntotal"] if sidecar and (folder / INDEX_FILE).is_file() else 0
 
 

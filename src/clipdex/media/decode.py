@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import ImageDecodeError
+from clipdex.errors import ImageDecodeError
 
 #: Extensions clipdex indexes without looking inside the file.
 IMAGE_EXTENSIONS = frozenset(

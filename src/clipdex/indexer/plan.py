@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..storage.catalog import Catalog
-from ..storage.catalog_scan import KnownFile
-from .fingerprint import fingerprint, is_content_identity
-from .remote import ListSource, RemoteSource
-from .sources import FileEntry, LocalSource
-
-Source = LocalSource | RemoteSource | ListSource
-
-ProgressCallback = Callable[[str, int, "int | None"], None]
+from clipdex.sources import Source
+from clipdex.sources.fingerprint import fingerprint, is_content_identity
+from clipdex.sources.local import FileEntry
+from clipdex.storage.catalog import Catalog
+from clipdex.storage.catalog_scan import KnownFile
+from clipdex.types import ProgressCallback
 
 #: New or changed files fingerprinted and looked up together.
 LOOKUP_BATCH = 1000

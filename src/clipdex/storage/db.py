@@ -15,11 +15,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import QueuePool
 
-from ..errors import CatalogError, IndexReadOnlyError
-from .schema import Meta
+from clipdex.errors import CatalogError, IndexReadOnlyError
+from clipdex.storage.schema import Meta
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .catalog import Catalog
+    from clipdex.storage.catalog import Catalog
 
 #: SQLite page cache per connection (negative: KiB), above the 2 MB default for big scans.
 CACHE_KIB = -65536

@@ -1,8 +1,7 @@
-"""Network-bound fetching: a thread pool feeding decode and preprocess, with bounded memory.
+"""Reading an image's bytes from wherever it lives (local disk, an object store, the web).
 
 Each object is fetched with retries (exponential backoff with jitter) for transient
 errors; permanent ones (403, 404, not an image) become a recorded failure with its reason.
-At most `fetch_workers` requests and `max_bytes_in_flight` bytes are outstanding at once.
 """
 
 from __future__ import annotations
@@ -11,18 +10,12 @@ import random
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ImageDecodeError
-from .decode import DEFAULT_MAX_PIXELS, load_image, open_regular
-from .fingerprint import fingerprint_bytes
-from .pipeline import Batch, Decoded, collate
-from .remote import StoreOptions, filesystem, scheme_of, strip_scheme
-from .sources import FileEntry
+from clipdex.errors import ImageDecodeError
+from clipdex.media.decode import open_regular
+from clipdex.sources.remote import StoreOptions, filesystem, scheme_of, strip_scheme
 
 #: An object larger than this is refused rather than held in memory.
 MAX_OBJECT_BYTES = 256 * 1024 * 1024
@@ -57,14 +50,16 @@ class FileSystems:
             return self._made[scheme]
 
 
-def fetch_bytes(fs: Any, uri: str, retry: RetryPolicy = RetryPolicy()) -> bytes:
+def fetch_bytes(fs: Any, uri: str, retry: RetryPolicy | None = None) -> bytes:
     """An object's bytes, retrying transient errors; ImageDecodeError for permanent ones.
 
     Only network and I/O errors are retried (and then recorded as a failure); any other
-    exception is a bug and propagates. `fs` None reads a local file, once.
+    exception is a bug and propagates. `fs` None reads a local file, once. `retry`
+    defaults to a RetryPolicy() made at call time.
     """
     if fs is None:
         return _read_local(uri)
+    retry = retry if retry is not None else RetryPolicy()
     path = strip_scheme(uri)
     transient = _transient_errors()
     last: BaseException | None = None
@@ -116,62 +111,3 @@ def _read_local(path: str) -> bytes:
 def _first_line(exc: BaseException | None) -> str:
     text = str(exc) if exc is not None else ""
     return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def fetch_batches(
-    entries: Sequence[FileEntry],
-    fs_for: Callable[[str], Any],
-    preprocess: Callable,
-    batch_size: int = 64,
-    fetch_workers: int = 16,
-    max_bytes_in_flight: int = 512 * 1024 * 1024,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    retry: RetryPolicy = RetryPolicy(),
-) -> Iterator[Batch]:
-    """Yield batches in the order of `entries`; fetching overlaps the caller's embedding."""
-
-    def work(entry: FileEntry) -> tuple[Decoded, Any]:
-        fingerprint = entry.stored_fingerprint
-        try:
-            if entry.size > MAX_OBJECT_BYTES:
-                raise ImageDecodeError(f"object too large: {entry.size:,} bytes")
-            data = fetch_bytes(fs_for(entry.uri), entry.uri, retry)
-        except ImageDecodeError as exc:
-            return Decoded(entry, error=str(exc), fingerprint=fingerprint), None
-        # Without a version from the store (local files, servers that send none), the
-        # content itself is the fingerprint.
-        fingerprint = fingerprint or fingerprint_bytes(data)
-        try:
-            image, fmt = load_image(data, max_pixels)
-            pixels = preprocess(image)
-        except ImageDecodeError as exc:
-            return Decoded(entry, error=str(exc), fingerprint=fingerprint), None
-        except Exception as exc:  # a transform failing on a legal image is still one file
-            return Decoded(
-                entry, error=f"preprocessing failed: {exc}", fingerprint=fingerprint
-            ), None
-        return Decoded(entry, image.width, image.height, fmt, None, fingerprint), pixels
-
-    pending: deque[tuple[FileEntry, Future]] = deque()
-    in_flight = 0
-    items: list[tuple[Decoded, Any]] = []
-    with ThreadPoolExecutor(fetch_workers, thread_name_prefix="clipdex-fetch") as pool:
-        position = 0
-        while position < len(entries) or pending:
-            while (
-                position < len(entries)
-                and len(pending) < 4 * fetch_workers
-                and (not pending or in_flight + entries[position].size <= max_bytes_in_flight)
-            ):
-                entry = entries[position]
-                pending.append((entry, pool.submit(work, entry)))
-                in_flight += entry.size
-                position += 1
-            entry, future = pending.popleft()
-            items.append(future.result())
-            in_flight -= entry.size
-            if len(items) == batch_size:
-                yield collate(items)
-                items = []
-        if items:
-            yield collate(items)

@@ -1,174 +1,49 @@
-"""Embedder: an open_clip model with its transforms and tokenizer.
+"""The open_clip embedding backend: a model with its transforms and tokenizer.
 
-This is the only module that imports open_clip. torch and open_clip are imported
-lazily, inside functions, so that importing clipdex (and `clipdex --help`) stays instant.
+With models/spec.py and models/builtin.py, the only code that imports open_clip. torch and
+open_clip are imported lazily, inside functions, so that importing clipdex (and
+`clipdex --help`) stays instant.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import pickle
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .demo_weights import DEMO_MODEL, DEMO_TAG, load_into
-from .errors import ModelLoadError
+from clipdex.errors import ModelLoadError
+from clipdex.models.demo_weights import DEMO_TAG, load_into
+from clipdex.models.device import (
+    DEFAULT_DEVICE,
+    DEFAULT_PRECISION,
+    resolve_device,
+    resolve_precision,
+)
+from clipdex.models.spec import RANDOM_SEED, ModelSpec, file_sha256, resolve_weights
+from clipdex.types import ModelIdentity
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
 
-DEFAULT_MODEL = "ViT-B-32-256"
-DEFAULT_PRETRAINED = "datacomp_s34b_b86k"
-TINY_MODEL = "clipdex-tiny"
-RANDOM_SEED = 0
-#: The weights tag recorded for a model built with random weights from RANDOM_SEED.
-RANDOM_WEIGHTS = f"random-seed-{RANDOM_SEED}"
-NO_WEIGHTS = ("none", "random", RANDOM_WEIGHTS)
-
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the user asked for: an architecture and where its weights come from.
-
-    `pretrained` is an open_clip tag, or None for the model's default (the
-    recommended tag for the default model, random weights for `clipdex-tiny`).
-    A `checkpoint` file, when given, overrides `pretrained`.
-    """
-
-    name: str = DEFAULT_MODEL
-    pretrained: str | None = None
-    checkpoint: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What made an index's vectors; stored in the catalog and compared on every write."""
-
-    name: str
-    weights: str  # an open_clip tag, RANDOM_WEIGHTS, "hf-hub", or "sha256:<hex>" of a checkpoint
-    dim: int
-    checkpoint_path: str | None = field(default=None, compare=False)
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.weights}, {self.dim}-d)"
-
-
-def register_builtin_configs() -> None:
-    """Make clipdex's own architectures (clipdex-tiny) known to open_clip."""
-    import open_clip
-
-    if TINY_MODEL in open_clip.list_models():
-        return
-    folder = resources.files("clipdex") / "model_configs"
-    open_clip.add_model_config(Path(str(folder)))
-
-
-def list_architectures() -> list[tuple[str, list[str]]]:
-    """Every open_clip architecture with its pretrained tags (empty for random-only)."""
-    import open_clip
-
-    register_builtin_configs()
-    return [
-        (name, [DEMO_TAG] if name == DEMO_MODEL else open_clip.list_pretrained_tags_by_model(name))
-        for name in open_clip.list_models()
-    ]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resolve_weights(spec: ModelSpec) -> tuple[str | None, str]:
-    """Return (what to pass to open_clip as `pretrained`, the identity's weights string)."""
-    import open_clip
-
-    register_builtin_configs()
-    if spec.checkpoint:
-        path = Path(spec.checkpoint).expanduser()
-        if not path.is_file():
-            raise ModelLoadError(f"checkpoint file not found: {spec.checkpoint}")
-        return str(path.resolve()), "sha256:" + file_sha256(path)
-    if spec.name.startswith(("hf-hub:", "local-dir:")):
-        return None, spec.name.split(":", 1)[0]
-    if spec.name not in open_clip.list_models():
-        raise ModelLoadError(
-            f"unknown model architecture '{spec.name}' (list them with `clipdex models`)"
-        )
-    tags = open_clip.list_pretrained_tags_by_model(spec.name)
-    tag = spec.pretrained
-    if spec.name == DEMO_MODEL and tag in (None, DEMO_TAG):
-        return None, DEMO_TAG  # built with random weights, then the packaged ones loaded
-    if tag is None:
-        if spec.name == DEFAULT_MODEL:
-            tag = DEFAULT_PRETRAINED
-        elif spec.name == TINY_MODEL or not tags:
-            tag = "none"
-        else:
-            tag = tags[0]
-    if tag.lower() in NO_WEIGHTS:
-        return None, RANDOM_WEIGHTS
-    if tag not in tags:
-        known = ", ".join(tags) if tags else "none (random weights only)"
-        raise ModelLoadError(f"unknown pretrained tag '{tag}' for {spec.name}; known tags: {known}")
-    return tag, tag
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device not in DEVICES:
-        raise ModelLoadError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for, but no CUDA device is available")
-    return device
-
-
-def cpu_supports_bf16() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    if precision not in PRECISIONS:
-        raise ModelLoadError(
-            f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}"
-        )
-    if precision == "auto":
-        if device == "cuda":
-            return "fp16"
-        return "bf16" if cpu_supports_bf16() else "fp32"
-    if precision == "fp16" and device == "cpu":
-        raise ModelLoadError("fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    return precision
-
-
 class Embedder:
-    """Turns preprocessed images and text into L2-normalised float32 vectors."""
+    """Turns preprocessed images and text into L2-normalised float32 vectors (an
+    EmbeddingBackend, models/backend.py)."""
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", precision: str = "auto"):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str = DEFAULT_DEVICE,
+        precision: str = DEFAULT_PRECISION,
+    ):
         import open_clip
         import torch
 

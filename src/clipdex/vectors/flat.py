@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import CatalogError
-from .atomic import atomic_write_path
+from clipdex.errors import CatalogError
+from clipdex.storage.atomic import atomic_write_path
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .catalog import Catalog
+    from clipdex.storage.catalog import Catalog
 
 INDEX_FILE = "vectors.faiss"
 SIDECAR_FILE = "vectors.json"
@@ -150,7 +150,7 @@ class VectorIndex:
         identity = catalog.model_identity()
         if identity is None:
             raise CatalogError(EMPTY_INDEX)
-        loaded, why = _load(folder, identity.dim)
+        loaded, why = load_saved(folder, identity.dim)
         seq = catalog.change_seq()  # after the load: a save meanwhile is not "newer"
         if loaded is None:
             return cls.rebuild(catalog), LoadReport("rebuilt", why)
@@ -165,7 +165,7 @@ class VectorIndex:
     @staticmethod
     def is_current(folder: Path, catalog: Catalog) -> bool:
         """Cheap test from the sidecar: does the saved file reflect the catalog's last change?"""
-        sidecar = _read_sidecar(folder / SIDECAR_FILE)
+        sidecar = read_sidecar(folder / SIDECAR_FILE)
         if sidecar is None:
             return False
         return (folder / INDEX_FILE).is_file() and sidecar["seq"] == catalog.change_seq()
@@ -204,14 +204,14 @@ def _gpu_count() -> int:
         return 0
 
 
-def _load(folder: Path, dim: int) -> tuple[VectorIndex | None, str]:
+def load_saved(folder: Path, dim: int) -> tuple[VectorIndex | None, str]:
     """The saved index if it can be trusted, else None and why (the caller rebuilds)."""
     import faiss
 
     index_path, sidecar_path = folder / INDEX_FILE, folder / SIDECAR_FILE
     if not index_path.exists() or not sidecar_path.exists():
         return None, "no saved index"
-    sidecar = _read_sidecar(sidecar_path)
+    sidecar = read_sidecar(sidecar_path)
     if sidecar is None:
         return None, f"{SIDECAR_FILE} unreadable"
     try:
@@ -227,7 +227,7 @@ def _load(folder: Path, dim: int) -> tuple[VectorIndex | None, str]:
     return (None, f"saved index {problem}") if problem else (loaded, "")
 
 
-def _read_sidecar(path: Path) -> dict | None:
+def read_sidecar(path: Path) -> dict | None:
     """The sidecar's fields, or None if it is unreadable or not of the shape save() writes."""
     try:
         data = json.loads(path.read_text())

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import hashlib
 
-from ..errors import ImageDecodeError
-from .decode import open_regular
+from clipdex.errors import ImageDecodeError
+from clipdex.media.decode import open_regular
 
 CHUNK = 1024 * 1024
 #: Files up to this size are read once: hashed and decoded from the same bytes.

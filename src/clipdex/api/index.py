@@ -9,19 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from .demo_weights import DEMO_MODEL, DEMO_TAG
-from .embedding import (
-    DEFAULT_MODEL,
-    DEFAULT_PRETRAINED,
-    NO_WEIGHTS,
-    RANDOM_WEIGHTS,
-    TINY_MODEL,
-    Embedder,
-    ModelIdentity,
-    ModelSpec,
-    resolve_weights,
+from clipdex.classify.runs import (
+    Classification,
+    ClassifyOptions,
+    build_label_matrix,
+    classify_index,
+    nearest_per_label,
 )
-from .errors import (
+from clipdex.errors import (
     ImageDecodeError,
     IndexNotFoundError,
     IndexReadOnlyError,
@@ -29,25 +24,20 @@ from .errors import (
     QueryError,
     SourceError,
 )
-from .indexer.decode import sniff_format
-from .indexer.fetch import FileSystems, fetch_bytes
-from .indexer.remote import StoreOptions, is_remote, open_source
-from .indexer.run import IndexReport, RunOptions, forget_source, index_source
-from .indexer.sync import ProgressCallback
-from .search.labels import LabelSet
-from .search.query import SearchResult, query_vector, search_vectors
-from .search.zero_shot import (
-    Classification,
-    ClassifyOptions,
-    build_label_matrix,
-    classify_index,
-    nearest_per_label,
-)
-from .storage.catalog import CATALOG_FILE, Catalog
-from .storage.check import CheckReport, check_index
-from .storage.labels import LabelStore
-from .storage.lock import WriterLock
-from .storage.vectors import INDEX_FILE, INDEX_TYPE_FLAT, LoadReport, VectorIndex
+from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_source
+from clipdex.media.decode import sniff_format
+from clipdex.models.open_clip import Embedder
+from clipdex.models.spec import ModelSpec, check_same_model, same_model, spec_for
+from clipdex.search.query import SearchResult, query_vector, search_vectors
+from clipdex.sources import open_source
+from clipdex.sources.fetch import FileSystems, fetch_bytes
+from clipdex.sources.remote import StoreOptions, is_remote
+from clipdex.storage.catalog import CATALOG_FILE, Catalog
+from clipdex.storage.labels import LabelStore
+from clipdex.storage.lock import WriterLock
+from clipdex.types import LabelSet, ModelIdentity, ProgressCallback
+from clipdex.vectors.check import CheckReport, check_index
+from clipdex.vectors.flat import INDEX_FILE, INDEX_TYPE_FLAT, LoadReport, VectorIndex
 
 DEFAULT_INDEX_DIR = ".clipdex"
 
@@ -164,7 +154,7 @@ class Index:
             if spec is None:
                 spec = spec_for(stored) if stored is not None else ModelSpec()
             elif stored is not None:
-                _check_same_model(stored, spec)
+                check_same_model(stored, spec)
             return self._load_model(spec, stored)
 
     def _load_model(self, spec: ModelSpec, want: ModelIdentity | None = None) -> Embedder:
@@ -172,7 +162,7 @@ class Index:
         with self._lock:
             cached = self._embedder
             if cached is not None and (
-                cached.identity == want if want is not None else _same_model(cached.identity, spec)
+                cached.identity == want if want is not None else same_model(cached.identity, spec)
             ):
                 return cached  # weights in memory: a file changed since cannot affect them
             embedder = Embedder(spec, self.device, self.precision)
@@ -341,9 +331,9 @@ class Index:
             self.close_readers()
             catalog = self._catalog = Catalog(self.folder)
             stored = catalog.model_identity()
-            if stored is not None and model is not None and not _same_model(stored, model):
+            if stored is not None and model is not None and not same_model(stored, model):
                 if not rebuild:
-                    _check_same_model(stored, model)
+                    check_same_model(stored, model)
                 # Load the new model first: if it fails, the index is left as it was. Only
                 # then forget every source's vectors, which the old model made.
                 self._load_model(model)
@@ -475,46 +465,6 @@ class Index:
 def open_index(folder: str | Path | None = None, **options) -> Index:
     """Open the index at `folder` (default: $CLIPDEX_INDEX or ./.clipdex)."""
     return Index(folder, **options)
-
-
-def spec_for(identity: ModelIdentity) -> ModelSpec:
-    """The ModelSpec that loads the model an index was built with."""
-    if identity.weights.startswith("sha256:"):
-        return ModelSpec(identity.name, checkpoint=identity.checkpoint_path)
-    if identity.weights == RANDOM_WEIGHTS:
-        return ModelSpec(identity.name, pretrained="none")
-    if identity.weights in ("hf-hub", "local-dir"):
-        return ModelSpec(identity.name)
-    return ModelSpec(identity.name, pretrained=identity.weights)
-
-
-def _same_model(stored: ModelIdentity, spec: ModelSpec) -> bool:
-    if stored.name != spec.name:
-        return False
-    pretrained = spec.pretrained
-    if pretrained is None:
-        pretrained = {
-            DEFAULT_MODEL: DEFAULT_PRETRAINED,
-            TINY_MODEL: "none",
-            DEMO_MODEL: DEMO_TAG,
-        }.get(spec.name)
-    if spec.checkpoint is None and pretrained is not None:
-        # Decided without importing open_clip: a re-run names the model it built with.
-        asked = RANDOM_WEIGHTS if pretrained.lower() in NO_WEIGHTS else pretrained
-        if asked == stored.weights:
-            return True
-    _, weights = resolve_weights(spec)
-    return stored.weights == weights
-
-
-def _check_same_model(stored: ModelIdentity, spec: ModelSpec) -> None:
-    if not _same_model(stored, spec):
-        _, weights = resolve_weights(spec)
-        raise ModelMismatchError(
-            f"this index was built with {stored.name} ({stored.weights}), not "
-            f"{spec.name} ({weights}); use the index's model (leave out --model), "
-            f"or start over with --rebuild or another --index folder"
-        )
 
 
 def _uris_for(source: str | Path) -> list[str]:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..embedding import Embedder
-from ..errors import QueryError
-from .labels import LabelSet
-from .templates import fill
-
-ProgressCallback = Callable[[str, int, "int | None"], None]
+from clipdex.classify.templates import fill
+from clipdex.errors import QueryError
+from clipdex.models.open_clip import Embedder
+from clipdex.types import LabelSet, ProgressCallback
 
 #: Rows of image vectors scored at once; a chunk's score matrix is CHUNK x labels float32.
 CHUNK = 8192

@@ -37,7 +37,7 @@ def load_into(model) -> None:
     """Load the packed demo weights into a freshly built clipdex-demo-shapes model."""
     import torch
 
-    from .errors import ModelLoadError
+    from clipdex.errors import ModelLoadError
 
     path = weights_path()
     if not path.is_file():

@@ -10,8 +10,8 @@ from typing import IO
 
 import click
 
-from .cli_options import handle_errors, index_option, runtime_options
-from .cli_output import FORMATS, escape_control, write_rows
+from clipdex.cli.options import handle_errors, index_option, runtime_options
+from clipdex.cli.output import FORMATS, escape_control, write_rows
 
 ASSIGNMENT_COLUMNS = ("uri", "label", "score", "probability", "rank")
 PER_LABEL_COLUMNS = ("label", "rank", "uri", "score")
@@ -79,10 +79,10 @@ def classify_command(
         clipdex classify --labels-file animals.txt --out labels.csv
         clipdex classify --labels "cat,dog" --per-label 50
     """
-    from .api import Index
-    from .cli_progress import Progress
-    from .search.labels import parse_labels, read_labels_file
-    from .search.zero_shot import ClassifyOptions
+    from clipdex.api import Index
+    from clipdex.classify.labels import parse_labels, read_labels_file
+    from clipdex.classify.runs import ClassifyOptions
+    from clipdex.cli.progress import Progress
 
     if (labels_text is None) == (labels_file is None):
         raise click.UsageError("give exactly one of --labels or --labels-file")
@@ -135,7 +135,7 @@ def _output(out: Path | None) -> Iterator[IO[str] | None]:
     if out is None:
         yield None
         return
-    from .storage.atomic import atomic_open
+    from clipdex.storage.atomic import atomic_open
 
     try:
         with atomic_open(out, "w", encoding="utf-8", newline="") as stream:

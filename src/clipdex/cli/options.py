@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .cli_output import FORMATS, escape_control
+from clipdex.cli.output import FORMATS, escape_control
 
 INDEX_HELP = "Index folder (default ./.clipdex)."
 
@@ -97,7 +97,7 @@ def handle_errors(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import ClipdexError
+        from clipdex.errors import ClipdexError
 
         try:
             return func(*args, **kwargs)
