@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 import clipdex
+from clipdex.errors import CatalogError
 from clipdex.models.spec import ModelSpec
 from conftest import TINY, make_images, run_cli
 
@@ -87,7 +90,8 @@ def test_forget_keeps_images_another_source_holds(tmp_path, index_dir):
         assert len(index.search("x", k=50)) == 7
         report = index.forget(str(parent))
         assert (report.removed, report.kept) == (7, 0)
-        assert index.search("x", k=50) == []
+        with pytest.raises(CatalogError, match="empty"):
+            index.search("x", k=50)
 
 
 # -- item 5: a parent scan never removes another source's rows -----------------------------
