@@ -18,6 +18,7 @@ PACKAGE = Path(clipdex.__file__).parent
 LAYERS = {
     "types": 0,
     "errors": 0,
+    "defaults": 0,
     "storage": 1,
     "media": 1,
     "models": 2,

@@ -1,10 +1,27 @@
-"""Typed exceptions. The library raises these; the CLI turns them into one-line messages."""
+"""Typed exceptions. The library raises these; the CLI turns them into one-line messages.
+
+Messages say what went wrong and what to do in words, never in a front end's terms (no CLI
+flags). Where one argument would help, `hint` names it for a front end to spell its way.
+"""
 
 from __future__ import annotations
 
 
 class ClipdexError(Exception):
-    """Base class for every error a user can cause or fix."""
+    """Base class for every error a user can cause or fix.
+
+    `hint`, when set, is a short code for what to change, named after the Python API's
+    argument where there is one: "allow_empty", "wait", "rebuild" (or "other_model": leave
+    the model out, rebuild, or use another index folder), "checkpoint". The CLI adds its
+    flag to the message (cli/options.py).
+    """
+
+    hint: str | None = None
+
+    def __init__(self, *args: object, hint: str | None = None):
+        super().__init__(*args)
+        if hint is not None:
+            self.hint = hint
 
 
 class IndexNotFoundError(ClipdexError):

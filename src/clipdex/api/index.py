@@ -16,6 +16,13 @@ from clipdex.classify.runs import (
     classify_index,
     nearest_per_label,
 )
+from clipdex.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FETCH_WORKERS,
+    DEFAULT_INDEX_DIR,
+    DEFAULT_WORKERS,
+    INDEX_ENV,
+)
 from clipdex.errors import (
     ImageDecodeError,
     IndexNotFoundError,
@@ -26,6 +33,7 @@ from clipdex.errors import (
 )
 from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_source
 from clipdex.media.decode import sniff_format
+from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model, spec_for
 from clipdex.search.query import SearchResult, query_vector, search_vectors
@@ -39,11 +47,10 @@ from clipdex.types import LabelSet, ModelIdentity, ProgressCallback
 from clipdex.vectors.check import CheckReport, check_index
 from clipdex.vectors.flat import INDEX_FILE, INDEX_TYPE_FLAT, LoadReport, VectorIndex
 
-DEFAULT_INDEX_DIR = ".clipdex"
-
 
 def default_index_dir() -> Path:
-    return Path(os.environ.get("CLIPDEX_INDEX") or DEFAULT_INDEX_DIR)
+    """$CLIPDEX_INDEX, else ./.clipdex (clipdex/defaults.py)."""
+    return Path(os.environ.get(INDEX_ENV) or DEFAULT_INDEX_DIR)
 
 
 class SourceStatus(NamedTuple):
@@ -83,7 +90,11 @@ class Index:
     """
 
     def __init__(
-        self, folder: str | Path | None = None, *, device: str = "auto", precision: str = "auto"
+        self,
+        folder: str | Path | None = None,
+        *,
+        device: str = DEFAULT_DEVICE,
+        precision: str = DEFAULT_PRECISION,
     ):
         self.folder = Path(folder) if folder is not None else default_index_dir()
         self.device = device
@@ -171,7 +182,8 @@ class Index:
                 raise ModelMismatchError(
                     f"this index was built with {want.describe()}, but {where} now loads "
                     f"{embedder.identity.describe()}; restore the weights the index was built "
-                    "with, or rebuild the index with the new ones"
+                    "with, or rebuild the index with the new ones",
+                    hint="rebuild",
                 )
             self._embedder = embedder
             return embedder
@@ -229,7 +241,7 @@ class Index:
     ) -> dict[str, list[SearchResult]]:
         """The k images nearest to each label's vector, best first."""
         if k < 1:
-            raise QueryError(f"--per-label must be at least 1 (got {k})")
+            raise QueryError(f"k (images per label) must be at least 1 (got {k})")
         _ = self.vectors  # an empty index says so before any model loads
         embedder = self.embedder()
         _, matrix = build_label_matrix(embedder, labels, templates)
@@ -283,15 +295,15 @@ class Index:
         *,
         model: ModelSpec | None = None,
         rebuild: bool = False,
-        batch_size: int = 64,
-        workers: int = 2,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int = DEFAULT_WORKERS,
         include_hidden: bool = False,
         allow_empty: bool = False,
         verify: bool = False,
         wait: bool = False,
         from_list: bool = False,
         endpoint_url: str | None = None,
-        fetch_workers: int = 16,
+        fetch_workers: int = DEFAULT_FETCH_WORKERS,
         follow_symlinks: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:

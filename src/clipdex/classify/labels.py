@@ -1,4 +1,4 @@
-"""Label sets: parsed from `--labels a,b,c` or a labels file, validated."""
+"""Label sets: parsed from a comma-separated list or a labels file, validated."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from clipdex.media.text import read_utf8
 from clipdex.types import LabelSet
 
 
-def parse_labels(text: str) -> LabelSet:
-    """`cat, dog,giant panda` -> three labels. Blank or duplicate labels are errors."""
-    return _validated([part.strip() for part in text.split(",")], {}, "--labels")
+def parse_labels(text: str, where: str = "the label list") -> LabelSet:
+    """`cat, dog,giant panda` -> three labels. Blank or duplicate labels are errors, which
+    name the list as `where` (the CLI says `--labels`)."""
+    return _validated([part.strip() for part in text.split(",")], {}, where)
 
 
 def read_labels_file(path: str | Path) -> LabelSet:

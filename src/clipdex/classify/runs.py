@@ -100,7 +100,7 @@ def classify_index(
 ) -> Classification:
     """Give every image (or, with only_new, every image not yet labelled) its nearest labels."""
     if options.top < 1:
-        raise QueryError(f"--top must be at least 1 (got {options.top})")
+        raise QueryError(f"top (labels per image) must be at least 1 (got {options.top})")
     if vectors.ntotal == 0:
         raise QueryError("the index has no images to classify")
     description, matrix = build_label_matrix(embedder, labels, options.templates, on_progress)
@@ -139,7 +139,7 @@ def nearest_per_label(
 ) -> list[list[tuple[int, float]]]:
     """For each label vector, its k nearest images as (id, cosine), best first."""
     if k < 1:
-        raise QueryError(f"--per-label must be at least 1 (got {k})")
+        raise QueryError(f"k (images per label) must be at least 1 (got {k})")
     if vectors.ntotal == 0:
         raise QueryError("the index has no images to classify")
     scores, ids = vectors.search(matrix, k)

@@ -95,7 +95,7 @@ def assign(
     `threads` threads (numpy and BLAS release the GIL), one BLAS thread each.
     """
     if top < 1:
-        raise QueryError(f"--top must be at least 1 (got {top})")
+        raise QueryError(f"top (labels per image) must be at least 1 (got {top})")
     check_threshold(threshold)
     top = min(top, len(label_matrix))
     scaled = np.ascontiguousarray((label_matrix * logit_scale).T, dtype=np.float32)

@@ -90,7 +90,11 @@ def classify_command(
         raise click.ClickException(
             f"--threshold must be a cosine between -1 and 1 (got {threshold})"
         )
-    labels = parse_labels(labels_text) if labels_text is not None else read_labels_file(labels_file)
+    labels = (
+        parse_labels(labels_text, "--labels")
+        if labels_text is not None
+        else read_labels_file(labels_file)
+    )
     fmt = fmt or _format_for(out)
     started = time.perf_counter()
     with Index(index_dir, device=device, precision=precision) as index:

@@ -1,4 +1,4 @@
-"""`clipdex finetune` and `clipdex demo`."""
+"""`clipdex finetune`: contrastive fine-tuning on image-caption pairs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from pathlib import Path
 import click
 
 from clipdex.cli.options import CHECKPOINT_OPTION, PRETRAINED_OPTION, handle_errors
+from clipdex.models.builtin import TINY_MODEL
+from clipdex.training.options import TrainOptions
+
+DEFAULTS = TrainOptions()
 
 
 @click.command("finetune")
@@ -22,30 +26,50 @@ from clipdex.cli.options import CHECKPOINT_OPTION, PRETRAINED_OPTION, handle_err
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the weights (loadable with --checkpoint).",
 )
-@click.option("--model", "-m", default="clipdex-tiny", show_default=True, help="Architecture.")
+@click.option("--model", "-m", default=TINY_MODEL, show_default=True, help="Architecture.")
 @PRETRAINED_OPTION
 @CHECKPOINT_OPTION
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Epochs.")
 @click.option(
-    "--batch-size", type=click.IntRange(min=2), default=64, show_default=True, help="Pairs a step."
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.epochs,
+    show_default=True,
+    help="Epochs.",
 )
-@click.option("--lr", type=float, default=5e-4, show_default=True, help="Peak learning rate.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=2),
+    default=DEFAULTS.batch_size,
+    show_default=True,
+    help="Pairs a step.",
+)
+@click.option(
+    "--lr", type=float, default=DEFAULTS.lr, show_default=True, help="Peak learning rate."
+)
 @click.option(
     "--warmup-steps",
     type=click.IntRange(min=0),
-    default=100,
+    default=DEFAULTS.warmup_steps,
     show_default=True,
     help="Linear warmup, then cosine decay.",
 )
-@click.option("--weight-decay", type=float, default=0.1, show_default=True, help="AdamW decay.")
+@click.option(
+    "--weight-decay",
+    type=float,
+    default=DEFAULTS.weight_decay,
+    show_default=True,
+    help="AdamW decay.",
+)
 @click.option(
     "--val-split",
     type=click.FloatRange(0, 0.5),
-    default=0.1,
+    default=DEFAULTS.val_split,
     show_default=True,
     help="Fraction of pairs held out for validation.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Split and shuffle seed.")
+@click.option(
+    "--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Split and shuffle seed."
+)
 @click.option("--resume", is_flag=True, help="Continue from OUT.state after an interruption.")
 @handle_errors
 def finetune_command(pairs, out, model, pretrained, checkpoint, resume, **options) -> None:
@@ -61,7 +85,7 @@ def finetune_command(pairs, out, model, pretrained, checkpoint, resume, **option
     """
     from clipdex.cli.progress import Progress
     from clipdex.models.spec import ModelSpec
-    from clipdex.training.finetune import TrainOptions, finetune
+    from clipdex.training.finetune import finetune
     from clipdex.training.pairs import load_pairs
 
     spec = ModelSpec(model, pretrained, str(checkpoint) if checkpoint else None)
@@ -76,31 +100,3 @@ def finetune_command(pairs, out, model, pretrained, checkpoint, resume, **option
             f"i2t R@1 {m.i2t_r1:.3f} R@5 {m.i2t_r5:.3f}, t2i R@1 {m.t2i_r1:.3f} R@5 {m.t2i_r5:.3f}"
         )
     click.echo(f"wrote {out}; use it with --model {model} --checkpoint {out}")
-
-
-@click.command("demo")
-@click.argument("folder", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--count",
-    type=click.IntRange(48, 5000),
-    default=288,
-    show_default=True,
-    help="How many sample images to write.",
-)
-@handle_errors
-def demo_command(folder, count) -> None:
-    """Offline demo: sample images, indexed and searched with the small shapes model.
-
-    Writes coloured-shape images (into FOLDER, or a temporary folder), indexes them with
-    clipdex-demo-shapes (shipped in the package, trained on generated shapes only), runs
-    text searches and a zero-shot classification, and prints what it measured.
-
-    \b
-    Example:
-        clipdex demo
-        clipdex demo ./shapes && clipdex --help
-    """
-    from clipdex.demo import run_demo
-
-    for line in run_demo(folder, count):
-        click.echo(line)

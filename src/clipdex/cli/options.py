@@ -1,4 +1,8 @@
-"""Options and error handling shared by every `clipdex` command, declared once."""
+"""Options and error handling shared by every `clipdex` command, declared once.
+
+Defaults come from the library (clipdex/defaults.py, models/device.py, models/builtin.py),
+which must stay import-light: this module is loaded for every `clipdex --help`.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +15,31 @@ from typing import Any
 import click
 
 from clipdex.cli.output import FORMATS, escape_control
+from clipdex.defaults import DEFAULT_INDEX_DIR, INDEX_ENV
+from clipdex.models.builtin import DEFAULT_MODEL
+from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION, DEVICES, PRECISIONS
 
-INDEX_HELP = "Index folder (default ./.clipdex)."
+
+def _stack(*options: Callable) -> Callable[[Callable], Callable]:
+    """One decorator applying `options` in the order given (as if written top to bottom)."""
+
+    def apply(func: Callable) -> Callable:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
 
 
-def index_option(func: Callable) -> Callable:
-    return click.option(
-        "--index",
-        "index_dir",
-        envvar="CLIPDEX_INDEX",
-        default=".clipdex",
-        show_envvar=True,
-        type=click.Path(file_okay=False, path_type=Path),
-        help=INDEX_HELP,
-    )(func)
+index_option = click.option(
+    "--index",
+    "index_dir",
+    envvar=INDEX_ENV,
+    default=DEFAULT_INDEX_DIR,
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help=f"Index folder (default ./{DEFAULT_INDEX_DIR}).",
+)
 
 
 def format_option(choices: tuple[str, ...] = FORMATS) -> Callable:
@@ -38,21 +53,24 @@ def format_option(choices: tuple[str, ...] = FORMATS) -> Callable:
     )
 
 
+def wait_option(help: str = "Wait for another writer instead of exiting.") -> Callable:
+    return click.option("--wait", is_flag=True, help=help)
+
+
 DEVICE_OPTION = click.option(
     "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
+    type=click.Choice(DEVICES),
+    default=DEFAULT_DEVICE,
     show_default=True,
     help="Where the model runs.",
 )
 PRECISION_OPTION = click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
+    type=click.Choice(PRECISIONS),
+    default=DEFAULT_PRECISION,
     show_default=True,
     help="auto: fp16 on CUDA, bf16 on CPUs that support it, else fp32.",
 )
-
 PRETRAINED_OPTION = click.option(
     "--pretrained",
     default=None,
@@ -65,31 +83,69 @@ CHECKPOINT_OPTION = click.option(
     help="Local checkpoint file for --model (loaded weights-only).",
 )
 
+#: --device and --precision, for commands that run the index's model.
+runtime_options = _stack(DEVICE_OPTION, PRECISION_OPTION)
 
-def runtime_options(func: Callable) -> Callable:
-    """--device and --precision, for commands that run the index's model."""
-    return DEVICE_OPTION(PRECISION_OPTION(func))
+#: --model, --pretrained, --checkpoint, --device, --precision.
+model_options = _stack(
+    click.option(
+        "--model",
+        "-m",
+        default=None,
+        envvar="CLIPDEX_MODEL",
+        help="open_clip architecture or hf-hub: name "
+        f"[default: the index's model, else {DEFAULT_MODEL}].",
+    ),
+    PRETRAINED_OPTION,
+    CHECKPOINT_OPTION,
+    DEVICE_OPTION,
+    PRECISION_OPTION,
+)
+
+#: Where images come from, besides the PATHS argument: lists, endpoints, what to walk.
+source_options = _stack(
+    click.option(
+        "--from-list",
+        "lists",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A file of uris (https://, s3://, local paths), one a line.",
+    ),
+    click.option(
+        "--endpoint-url",
+        envvar="AWS_ENDPOINT_URL",
+        help="S3-compatible endpoint (MinIO, Ceph, R2...).",
+    ),
+    click.option("--include-hidden", is_flag=True, help="Also index hidden and system folders."),
+    click.option(
+        "--follow-symlinks",
+        is_flag=True,
+        help="Follow symbolic links to files and folders (skipped by default); never loops.",
+    ),
+)
+
+#: A library error's `hint` (clipdex.errors) -> (the parameter the command must have, what
+#: to add to the message). A command without that option gets the message as it is.
+HINTS = {
+    "allow_empty": ("allow_empty", " (--allow-empty)"),
+    "wait": ("wait", " (--wait)"),
+    "rebuild": ("rebuild", " (--rebuild)"),
+    "other_model": (
+        "rebuild",
+        " (leave out --model, or start over with --rebuild or another --index folder)",
+    ),
+    "checkpoint": ("checkpoint", " (--checkpoint FILE)"),
+}
 
 
-def model_options(func: Callable) -> Callable:
-    """--model, --pretrained, --checkpoint, --device, --precision, declared once."""
-    options = [
-        click.option(
-            "--model",
-            "-m",
-            default=None,
-            envvar="CLIPDEX_MODEL",
-            help="open_clip architecture or hf-hub: name "
-            "[default: the index's model, else ViT-B-32-256].",
-        ),
-        PRETRAINED_OPTION,
-        CHECKPOINT_OPTION,
-        DEVICE_OPTION,
-        PRECISION_OPTION,
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def error_message(exc: Exception) -> str:
+    """`exc`'s message, with the running command's flag for its hint when it has one."""
+    message = str(exc)
+    hint = HINTS.get(getattr(exc, "hint", None) or "")
+    ctx = click.get_current_context(silent=True)
+    if hint is not None and ctx is not None and hint[0] in {p.name for p in ctx.command.params}:
+        message += hint[1]
+    return message
 
 
 def handle_errors(func: Callable) -> Callable:
@@ -102,7 +158,7 @@ def handle_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except ClipdexError as exc:
-            raise click.ClickException(escape_control(exc)) from None
+            raise click.ClickException(escape_control(error_message(exc))) from None
         except KeyboardInterrupt:
             click.echo("interrupted: batches already committed are kept", err=True)
             sys.exit(130)

@@ -1,15 +1,45 @@
-"""Rendering `clipdex status` as readable lines or JSON."""
+"""`clipdex status`: an index's model, counts, failures, FAISS file and sources, as readable
+lines or JSON."""
 
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
-from clipdex.api import IndexStatus
+from clipdex.cli.options import format_option, handle_errors, index_option
 from clipdex.cli.output import escape_control
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.api import IndexStatus
+
+
+@click.command("status")
+@index_option
+@format_option(("table", "json"))
+@click.option(
+    "--failures",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many failed files to list.",
+)
+@handle_errors
+def status_command(index_dir, fmt, failures) -> None:
+    """Show the model, counts, failures, FAISS index and sources of an index.
+
+    \b
+    Example:
+        clipdex status
+        clipdex status --index photos.clipdex --format json
+    """
+    from clipdex.api import Index
+
+    with Index(index_dir) as index:
+        print_status(index.status(failures=failures), fmt)
 
 
 def print_status(status: IndexStatus, fmt: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS
 from clipdex.errors import ImageDecodeError
 from clipdex.indexer.pipeline import Batch, Decoded, collate
 from clipdex.media.decode import DEFAULT_MAX_PIXELS, load_image
@@ -22,8 +23,8 @@ def fetch_batches(
     entries: Sequence[FileEntry],
     fs_for: Callable[[str], Any],
     preprocess: Callable,
-    batch_size: int = 64,
-    fetch_workers: int = 16,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    fetch_workers: int = DEFAULT_FETCH_WORKERS,
     max_bytes_in_flight: int = 512 * 1024 * 1024,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     retry: RetryPolicy | None = None,

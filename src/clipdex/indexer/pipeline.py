@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
 from clipdex.errors import ImageDecodeError
 from clipdex.media.decode import DEFAULT_MAX_PIXELS, load_image
 from clipdex.sources.fingerprint import read_fingerprinted
@@ -76,8 +77,8 @@ def collate(samples: list[tuple[Decoded, Any]]) -> Batch:
 def decode_batches(
     entries: Sequence[FileEntry],
     preprocess: Callable,
-    batch_size: int = 64,
-    workers: int = 2,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = DEFAULT_WORKERS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[Batch]:
     """Yield batches of decoded, preprocessed images in the order of `entries`."""

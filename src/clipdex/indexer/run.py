@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
 from clipdex.errors import SourceError
 from clipdex.indexer.fetch_pipeline import fetch_batches
 from clipdex.indexer.pipeline import Batch, decode_batches
@@ -55,12 +56,12 @@ class IndexReport:
 @dataclass(frozen=True)
 class RunOptions:
     rebuild: bool = False
-    batch_size: int = 64
-    workers: int = 2
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int = DEFAULT_WORKERS
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_empty: bool = False
     verify: bool = False
-    fetch_workers: int = 16
+    fetch_workers: int = DEFAULT_FETCH_WORKERS
 
 
 def index_source(
@@ -86,7 +87,8 @@ def index_source(
         if plan.unlink_ids:
             raise SourceError(
                 f"{source.uri} has no images now, but the index holds {len(plan.unlink_ids)} "
-                "from it; if they were deleted on purpose, run again with --allow-empty"
+                "from it; if they were deleted on purpose, run it again allowing an empty source",
+                hint="allow_empty",
             )
         raise SourceError(f"no images found in {source.uri}")
     store = source.store

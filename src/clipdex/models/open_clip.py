@@ -149,7 +149,8 @@ def _create_model(name: str, pretrained: str | None, device: str, precision: str
         if "download" in message.lower() or "hub" in message.lower():
             raise ModelLoadError(
                 f"cannot download the weights of {name} ({pretrained}): no network? "
-                "Connect once (weights are cached), or pass --checkpoint FILE with a local copy"
+                "Connect once (weights are cached), or load a local copy as a checkpoint",
+                hint="checkpoint",
             ) from exc
         raise ModelLoadError(f"cannot load model {name}: {message[:300]}") from exc
     return model, preprocess

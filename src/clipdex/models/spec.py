@@ -118,7 +118,8 @@ def check_same_identity(stored: ModelIdentity, loaded: ModelIdentity) -> None:
     if stored != loaded:
         raise ModelMismatchError(
             f"this index was built with {stored.describe()}, not {loaded.describe()}; "
-            "use the index's own model, or start over with a rebuild or another index folder"
+            "use the index's own model, or start over with a rebuild or another index folder",
+            hint="other_model",
         )
 
 

@@ -21,7 +21,7 @@ def query_vector(
     if text is not None and not text.strip():
         raise QueryError("the query text is empty")
     if text is None and image is None:
-        raise QueryError("give a query text or --image FILE")
+        raise QueryError("give a query text, an image, or both")
     parts = []
     if text is not None:
         parts.append(embedder.encode_texts([text.strip()])[0])

@@ -150,7 +150,9 @@ class Catalog(ScanQueries, SourceLinks):
             if stored != identity:
                 raise ModelMismatchError(
                     f"this index was built with {stored.describe()}, not {identity.describe()}; "
-                    f"use the same model, or start over with --rebuild or another --index folder"
+                    "use the index's own model, or start over with a rebuild or another index "
+                    "folder",
+                    hint="other_model",
                 )
             return
         with self._write() as conn:

@@ -27,7 +27,8 @@ class WriterLock:
             os.close(fd)
             who = f"process {holder}" if holder else "another process"
             raise IndexLockedError(
-                f"index is being updated by {who}; wait for it, or pass --wait"
+                f"index is being updated by {who}; try again when it is done, or wait for the lock",
+                hint="wait",
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

@@ -21,20 +21,11 @@ from clipdex.media.decode import load_image
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec
 from clipdex.storage.atomic import atomic_open
+from clipdex.training.options import TrainOptions
 from clipdex.training.pairs import Pair
 from clipdex.types import ProgressCallback
 
-
-@dataclass(frozen=True)
-class TrainOptions:
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 5e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    val_split: float = 0.1
-    seed: int = 0
-    workers: int = 2
+DEFAULT_OPTIONS = TrainOptions()
 
 
 @dataclass
@@ -61,7 +52,7 @@ def finetune(
     spec: ModelSpec,
     pairs: list[Pair],
     out: Path,
-    options: TrainOptions = TrainOptions(),
+    options: TrainOptions = DEFAULT_OPTIONS,
     resume: bool = False,
     on_progress: ProgressCallback | None = None,
 ) -> TrainReport:
@@ -70,7 +61,7 @@ def finetune(
     import torch
 
     if options.epochs < 1 or options.batch_size < 2:
-        raise ClipdexError("--epochs must be >= 1 and --batch-size >= 2")
+        raise ClipdexError("training needs at least 1 epoch and a batch size of at least 2")
     state_path = out.with_name(out.name + ".state")
     if resume and not state_path.is_file():
         raise ClipdexError(f"nothing to resume: {state_path} does not exist")

@@ -1,0 +1,102 @@
+"""`clipdex index`: add folders, files, bucket prefixes or lists of uris to an index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clipdex.cli.options import (
+    handle_errors,
+    index_option,
+    model_options,
+    source_options,
+    wait_option,
+)
+from clipdex.cli.output import escape_control
+from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
+
+
+def model_spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
+    """The ModelSpec the options ask for, or None (the index's own model) if none do."""
+    from clipdex.models.builtin import DEFAULT_MODEL
+    from clipdex.models.spec import ModelSpec
+
+    if model is None and pretrained is None and checkpoint is None:
+        return None
+    return ModelSpec(model or DEFAULT_MODEL, pretrained, str(checkpoint) if checkpoint else None)
+
+
+@click.command("index")
+@click.argument("paths", nargs=-1)
+@index_option
+@model_options
+@click.option("--rebuild", is_flag=True, help="Re-embed every file (and allow a new model).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Images embedded per batch (and per catalog transaction).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    help="Decoding processes for local files (0: decode in the main process).",
+)
+@click.option(
+    "--fetch-workers",
+    type=click.IntRange(1, 256),
+    default=DEFAULT_FETCH_WORKERS,
+    show_default=True,
+    help="Concurrent downloads for remote sources.",
+)
+@source_options
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Accept a source without images (forgets what the index held from it).",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also re-fingerprint files whose size and mtime did not change.",
+)
+@wait_option()
+@handle_errors
+def index_command(
+    paths, lists, index_dir, model, pretrained, checkpoint, device, precision, **run_options
+) -> None:
+    """Index image folders, files, bucket prefixes or lists of uris.
+
+    Only new or changed files are embedded; files that are gone are forgotten.
+
+    \b
+    Example:
+        clipdex index ~/Photos
+        clipdex index ./images --model clipdex-tiny
+        clipdex index s3://photos/2024/ --endpoint-url http://127.0.0.1:9000
+        clipdex index --from-list urls.txt
+    """
+    from clipdex.api import Index
+    from clipdex.cli.progress import Progress
+
+    if not paths and not lists:
+        raise click.UsageError("give a folder, file or uri to index, or --from-list FILE")
+    spec = model_spec(model, pretrained, checkpoint)
+    targets = [(str(p), False) for p in paths] + [(str(p), True) for p in lists]
+    with Index(index_dir, device=device, precision=precision) as index:
+        for target, from_list in targets:
+            with Progress(escape_control(target)) as progress:
+                report = index.add(
+                    target, model=spec, from_list=from_list, on_progress=progress, **run_options
+                )
+            kept = f" ({report.kept} kept: other sources list them)" if report.kept else ""
+            click.echo(
+                f"{escape_control(report.source)}: {report.added} added, {report.updated} updated, "
+                f"{report.removed} removed{kept}, {report.unchanged} unchanged, "
+                f"{report.failed} failed; {report.embedded} embedded, {report.reused} reused "
+                f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
+            )

@@ -1,0 +1,50 @@
+"""`clipdex search`: the images nearest to a text, an example image, or both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from clipdex.cli.options import format_option, handle_errors, index_option, runtime_options
+from clipdex.cli.output import SEARCH_FORMATS, write_rows
+
+
+@click.command("search")
+@click.argument("query", required=False)
+@click.option(
+    "--image",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Search by an example image (with QUERY: both together).",
+)
+@click.option(
+    "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many results."
+)
+@click.option("--min-score", type=float, default=None, help="Drop results below this cosine.")
+@click.option("--label", help="Only images labelled NAME by the latest `clipdex classify`.")
+@index_option
+@format_option(SEARCH_FORMATS)
+@runtime_options
+@handle_errors
+def search_command(query, image, k, min_score, label, index_dir, fmt, device, precision) -> None:
+    """Find the images nearest to a text or an example image.
+
+    \b
+    Example:
+        clipdex search "a red car" -k 5
+        clipdex search --image query.jpg --format paths | xargs open
+        clipdex search "sleeping" --label cat
+    """
+    from clipdex.api import Index
+
+    if query is None and image is None:
+        raise click.UsageError("give a QUERY text or --image FILE")
+    with Index(index_dir, device=device, precision=precision) as index:
+        results = index.search(query, image=image, k=k, min_score=min_score, label=label)
+    rows = [dict(rank=rank, **hit.as_dict()) for rank, hit in enumerate(results, 1)]
+    columns = (
+        ("rank", "score", "uri")
+        if fmt == "table"
+        else ("rank", "id", "uri", "score", "width", "height")
+    )
+    write_rows(rows, columns, fmt)

@@ -1,0 +1,19 @@
+"""Defaults a user can override, shared by the library and the CLI (which shows them in
+`--help`), so each is written once. No imports: `clipdex --help` stays instant.
+
+The device and precision defaults live in models/device.py, the default model and its
+tag in models/builtin.py, training's in training/options.py (all import-light too).
+"""
+
+from __future__ import annotations
+
+#: The environment variable naming the index folder, and the folder used without it.
+INDEX_ENV = "CLIPDEX_INDEX"
+DEFAULT_INDEX_DIR = ".clipdex"
+
+#: Images embedded per batch (and written per catalog transaction) by an index run.
+DEFAULT_BATCH_SIZE = 64
+#: Decoding processes for local files (0: decode in the calling process).
+DEFAULT_WORKERS = 2
+#: Concurrent downloads for remote sources.
+DEFAULT_FETCH_WORKERS = 16
