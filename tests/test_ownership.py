@@ -215,4 +215,5 @@ def test_status_marks_a_missing_list_file(runner, tmp_path):
     assert _sources(runner)[f"list:{listing}"]["missing"] is True
     out = run_cli(runner, "index", "--from-list", str(listing), "--allow-empty").stdout
     assert "2 removed" in out
-    assert _uris(runner) == []
+    data = json.loads(run_cli(runner, "status", "--format", "json").stdout)
+    assert (data["images"], data["sources"]) == (0, [])
