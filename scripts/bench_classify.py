@@ -45,14 +45,14 @@ def build(folder: Path, n: int, dim: int) -> None:
     """A catalog with n images and vectors, and its FAISS file, written directly."""
     from clipdex.storage.catalog import Catalog
     from clipdex.types import ModelIdentity
-    from clipdex.vectors.flat import VectorIndex
+    from clipdex.vectors import DEFAULT_KIND, new_store, save_store
 
     catalog = Catalog(folder)
     catalog.claim_model(ModelIdentity("synthetic", "random", dim))
     source_id = catalog.source_id("/synthetic", "folder")
     seq = catalog.delete_images([]) + 1
     rng = np.random.default_rng(0)
-    index = VectorIndex(dim)
+    index = new_store(DEFAULT_KIND, dim)
     raw = sqlite3.connect(folder / "catalog.sqlite")
     raw.execute("PRAGMA synchronous = OFF")
     for start in range(0, n, 100_000):
@@ -74,7 +74,7 @@ def build(folder: Path, n: int, dim: int) -> None:
     raw.commit()
     raw.close()
     index.seq = seq
-    index.save(folder)
+    save_store(index, folder)
     catalog.close()
 
 
@@ -83,11 +83,11 @@ def measure(folder: Path, labels: int, dim: int) -> dict:
     from clipdex.storage.catalog import Catalog
     from clipdex.storage.labels import LabelStore
     from clipdex.types import LabelSet
-    from clipdex.vectors.flat import VectorIndex
+    from clipdex.vectors import open_store
 
     started = time.perf_counter()
     catalog = Catalog(folder)
-    vectors, report = VectorIndex.open(folder, catalog)
+    vectors, report = open_store(folder, catalog)
     load_s = time.perf_counter() - started
     assert report.action == "loaded", report
     n = vectors.ntotal
@@ -99,12 +99,12 @@ def measure(folder: Path, labels: int, dim: int) -> dict:
 
     started = time.perf_counter()
     transposed = np.ascontiguousarray(matrix.T)
-    for _, chunk in vectors.vectors(chunk=CHUNK):
+    for _, chunk in vectors.iter_vectors(chunk=CHUNK):
         chunk @ transposed
     bare_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    results = list(assign(vectors.vectors(), matrix, logit_scale=100.0))
+    results = list(assign(vectors.iter_vectors(), matrix, logit_scale=100.0))
     assign_s = time.perf_counter() - started
     peak_above = status_mb("VmHWM") - baseline
     assert sum(len(r.ids) for r in results) == n

@@ -35,7 +35,7 @@ def build(root: Path, index: Path, files: int) -> None:
     from clipdex.sources.fingerprint import fingerprint
     from clipdex.storage.catalog import Catalog
     from clipdex.types import ModelIdentity
-    from clipdex.vectors.flat import VectorIndex
+    from clipdex.vectors import DEFAULT_KIND, new_store, save_store
 
     catalog = Catalog(index)
     catalog.claim_model(ModelIdentity("clipdex-tiny", RANDOM_WEIGHTS, 64))
@@ -44,7 +44,7 @@ def build(root: Path, index: Path, files: int) -> None:
     seq = catalog.delete_images([]) + 1
     catalog.close()
     rng = np.random.default_rng(0)
-    vectors = VectorIndex(64, seq=seq)
+    vectors = new_store(DEFAULT_KIND, 64, seq=seq)
     raw = sqlite3.connect(index / "catalog.sqlite")
     raw.execute("PRAGMA synchronous = OFF")
     for start in range(0, files, PER_FOLDER):
@@ -86,7 +86,7 @@ def build(root: Path, index: Path, files: int) -> None:
     raw.execute("UPDATE meta SET value = ? WHERE key = 'change_seq'", (str(seq),))
     raw.commit()
     raw.close()
-    vectors.save(index)
+    save_store(vectors, index)
 
 
 def scan_memory(root: Path, index: Path) -> dict:

@@ -7,7 +7,7 @@ import sqlite3
 import faiss
 import numpy as np
 
-from clipdex.vectors.flat import INDEX_FILE
+from clipdex.vectors import INDEX_FILE
 from conftest import TINY, run_cli
 
 

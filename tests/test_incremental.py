@@ -10,7 +10,7 @@ import pytest
 
 import clipdex
 from clipdex.models.spec import ModelSpec
-from clipdex.vectors.flat import INDEX_FILE, SIDECAR_FILE
+from clipdex.vectors import INDEX_FILE, SIDECAR_FILE
 from conftest import TINY, make_images, run_cli
 
 TINY_SPEC = ModelSpec("clipdex-tiny")

@@ -20,7 +20,7 @@ from clipdex.models.spec import ModelSpec
 from clipdex.search.query import search_vectors
 from clipdex.storage.catalog import Catalog, ImageRecord
 from clipdex.storage.lock import WriterLock
-from clipdex.vectors.flat import INDEX_FILE, SIDECAR_FILE, VectorIndex
+from clipdex.vectors import INDEX_FILE, SIDECAR_FILE, open_store
 from conftest import TINY, make_images, run_cli
 
 CATALOG = "catalog.sqlite"
@@ -83,7 +83,7 @@ def test_catch_up_is_one_snapshot_when_a_batch_commits_in_between(runner, images
     def _trace(dbapi_connection, _record) -> None:
         dbapi_connection.set_trace_callback(trace)
 
-    vectors, report = VectorIndex.open(index_dir, reader)
+    vectors, report = open_store(index_dir, reader)
     assert fired and report.action == "caught-up"
     ids = vectors.ids()
     assert len(ids) == len(set(ids.tolist())) == 50

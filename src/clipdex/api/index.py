@@ -44,8 +44,15 @@ from clipdex.storage.catalog import CATALOG_FILE, Catalog
 from clipdex.storage.labels import LabelStore
 from clipdex.storage.lock import WriterLock
 from clipdex.types import LabelSet, ModelIdentity, ProgressCallback
+from clipdex.vectors import (
+    DEFAULT_KIND,
+    INDEX_FILE,
+    LoadReport,
+    VectorStore,
+    catch_up,
+    open_store,
+)
 from clipdex.vectors.check import CheckReport, check_index
-from clipdex.vectors.flat import INDEX_FILE, INDEX_TYPE_FLAT, LoadReport, VectorIndex
 
 
 def default_index_dir() -> Path:
@@ -100,7 +107,7 @@ class Index:
         self.device = device
         self.precision = precision
         self._catalog: Catalog | None = None
-        self._vectors: VectorIndex | None = None
+        self._vectors: VectorStore | None = None
         self._load_report: LoadReport | None = None
         self._embedder: Embedder | None = None
         self._vectors_model: ModelIdentity | None = None  # the model self._vectors came from
@@ -121,15 +128,15 @@ class Index:
             return self._catalog
 
     @property
-    def vectors(self) -> VectorIndex:
-        """The FAISS index, caught up in memory with the catalog's latest change (readers
+    def vectors(self) -> VectorStore:
+        """The vector store, caught up in memory with the catalog's latest change (readers
         never write it); reopened when the index was rebuilt with another model."""
         with self._lock:
             catalog = self.catalog
             if self._vectors is not None and self._vectors.seq != catalog.change_seq():
                 if catalog.model_identity() == self._vectors_model:
                     try:
-                        self._vectors.catch_up(catalog)
+                        catch_up(self._vectors, catalog)
                     except BaseException:
                         self._vectors = None  # half caught up: reopen on the next read
                         raise
@@ -137,11 +144,11 @@ class Index:
                     self._vectors = None
             if self._vectors is None:
                 model = catalog.model_identity()
-                self._vectors, self._load_report = VectorIndex.open(self.folder, catalog)
+                self._vectors, self._load_report = open_store(self.folder, catalog)
                 self._vectors_model = model
             return self._vectors
 
-    def _vectors_of(self, embedder: Embedder) -> VectorIndex:
+    def _vectors_of(self, embedder: Embedder) -> VectorStore:
         """The caught-up vectors, which must come from `embedder`'s model (call with the lock)."""
         vectors = self.vectors
         if self._vectors_model != embedder.identity:
@@ -273,7 +280,7 @@ class Index:
             images=counts["ok"],
             failed=counts["failed"],
             vectors=counts["vectors"],
-            index_type=INDEX_TYPE_FLAT,
+            index_type=vectors.kind if vectors else DEFAULT_KIND,
             index_vectors=vectors.ntotal if vectors else 0,
             index_bytes=index_file.stat().st_size if index_file.exists() else 0,
             catalog_bytes=(self.folder / CATALOG_FILE).stat().st_size,

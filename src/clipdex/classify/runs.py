@@ -14,7 +14,7 @@ from clipdex.models.open_clip import Embedder
 from clipdex.storage.catalog import Catalog
 from clipdex.storage.labels import LabelStore, labels_key
 from clipdex.types import LabelSet, ProgressCallback
-from clipdex.vectors.flat import VectorIndex
+from clipdex.vectors import VectorStore
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def build_label_matrix(
 
 def classify_index(
     catalog: Catalog,
-    vectors: VectorIndex,
+    vectors: VectorStore,
     embedder: Embedder,
     labels: LabelSet,
     options: ClassifyOptions,
@@ -112,7 +112,7 @@ def classify_index(
         result.run_id = store.find_run(key)
         if result.run_id is not None:
             skip = store.labelled_ids(result.run_id)
-    chunks = vectors.vectors()
+    chunks = vectors.iter_vectors()
     if skip is not None and len(skip):
         chunks = _without(chunks, skip)
     total = vectors.ntotal
@@ -135,7 +135,7 @@ def classify_index(
 
 
 def nearest_per_label(
-    vectors: VectorIndex, matrix: np.ndarray, k: int
+    vectors: VectorStore, matrix: np.ndarray, k: int
 ) -> list[list[tuple[int, float]]]:
     """For each label vector, its k nearest images as (id, cosine), best first."""
     if k < 1:

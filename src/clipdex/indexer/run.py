@@ -19,7 +19,7 @@ from clipdex.sources import Source
 from clipdex.sources.fetch import FileSystems
 from clipdex.storage.catalog import Catalog, ImageRecord
 from clipdex.types import ProgressCallback
-from clipdex.vectors.flat import VectorIndex
+from clipdex.vectors import VectorStore, catch_up, is_current, open_store, save_store
 
 #: Seconds between saves of the FAISS file during a long run (readers then catch up less).
 SAVE_EVERY_S = 60.0
@@ -100,12 +100,12 @@ def index_source(
         catalog.claim_model(embedder.identity)
     failed = removed = kept = 0
     has_model = catalog.model_identity() is not None
-    stale = has_model and not VectorIndex.is_current(folder, catalog)  # killed before a save
+    stale = has_model and not is_current(folder, catalog)  # killed before a save
     if has_model and (embedder is not None or plan.unlink_ids or plan.reuse or stale):
-        vectors, _ = VectorIndex.open(folder, catalog)
+        vectors, _ = open_store(folder, catalog)
         _reuse_vectors(catalog, source_id, plan.reuse)  # before the originals may be deleted
         removed, kept = catalog.unlink(source_id, plan.unlink_ids)
-        vectors.catch_up(catalog)
+        catch_up(vectors, catalog)
         try:
             if embedder is not None:
                 failed = _embed_all(
@@ -124,10 +124,10 @@ def index_source(
             # the next open catches it up from the catalog.
             with contextlib.suppress(Exception):
                 if vectors.dirty:
-                    vectors.save(folder)
+                    save_store(vectors, folder)
             raise
         if vectors.dirty:
-            vectors.save(folder)
+            save_store(vectors, folder)
     catalog.mark_source_indexed(source_id)
     return IndexReport(
         source=source.uri,
@@ -150,10 +150,10 @@ def forget_source(folder: Path, catalog: Catalog, uri: str) -> IndexReport:
     if source_id is None:
         raise SourceError(f"{uri} is not a source of this index")
     removed, kept = catalog.forget_source(source_id)
-    if catalog.model_identity() is not None and not VectorIndex.is_current(folder, catalog):
-        vectors, _ = VectorIndex.open(folder, catalog)
+    if catalog.model_identity() is not None and not is_current(folder, catalog):
+        vectors, _ = open_store(folder, catalog)
         if vectors.dirty:
-            vectors.save(folder)
+            save_store(vectors, folder)
     return IndexReport(
         source=uri,
         added=0,
@@ -193,7 +193,7 @@ def _reuse_vectors(catalog: Catalog, source_id: int, reuse: list[Reuse]) -> None
 def _embed_all(
     folder: Path,
     catalog: Catalog,
-    vectors: VectorIndex,
+    vectors: VectorStore,
     embedder: Embedder,
     source: Source,
     source_id: int,
@@ -211,12 +211,12 @@ def _embed_all(
         records = _embed(embedder, batch)
         failed += sum(1 for record in records if not record.ok)
         catalog.write_batch(source_id, records)
-        vectors.catch_up(catalog)
+        catch_up(vectors, catalog)
         done += len(records)
         if on_progress:
             on_progress("embed", done, total)
         if time.monotonic() - last_save > SAVE_EVERY_S:
-            vectors.save(folder)
+            save_store(vectors, folder)
             last_save = time.monotonic()
     return failed
 

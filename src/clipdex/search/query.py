@@ -1,4 +1,4 @@
-"""Text and image queries: embed the query, search FAISS, join the catalog rows."""
+"""Text and image queries: embed the query, search the vector store, join the catalog rows."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from clipdex.media.decode import load_image
 from clipdex.models.open_clip import Embedder
 from clipdex.search.results import SearchResult
 from clipdex.storage.catalog import Catalog
-from clipdex.vectors.flat import EMPTY_INDEX, VectorIndex
+from clipdex.vectors import EMPTY_INDEX, VectorStore
 
 
 def query_vector(
@@ -39,7 +39,7 @@ def query_vector(
 
 def search_vectors(
     catalog: Catalog,
-    vectors: VectorIndex,
+    vectors: VectorStore,
     query: np.ndarray,
     k: int = 10,
     min_score: float | None = None,

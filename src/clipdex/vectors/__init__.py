@@ -1,1 +1,92 @@
-"""vectors"""
+"""Vector stores: the searchable copy of the catalog's vectors, derived and rebuildable.
+
+base.py     the VectorStore protocol (add, remove, search with an id filter, iter_vectors,
+            kind, stats) and StoreStats
+flat.py     FlatStore: exact search, IndexIDMap2(IndexFlatIP) (today's only kind)
+persist.py  vectors.faiss + vectors.json: save, load and validate, open (catch up or rebuild)
+check.py    check_index: the catalog and the saved store agree; repair rebuilds
+
+The choice of kind lives here: KINDS maps the kind a sidecar records to its class, and
+DEFAULT_KIND is the kind a new or rebuilt index gets. Callers open, rebuild and save stores
+through these functions and never name a kind's class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipdex.errors import QueryError
+from clipdex.vectors.base import StoreStats, StoreType, VectorStore, WrongKind
+from clipdex.vectors.flat import FlatStore
+from clipdex.vectors.persist import (
+    EMPTY_INDEX,
+    INDEX_FILE,
+    SIDECAR_FILE,
+    LoadReport,
+    catch_up,
+    is_current,
+    load_saved,
+    open_saved,
+    read_sidecar,
+    rebuild,
+    save_store,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.storage.catalog import Catalog
+
+#: Every kind of store, by the name its sidecar records.
+KINDS: dict[str, StoreType] = {FlatStore.kind: FlatStore}
+#: The kind of a new index, and of one rebuilt from the catalog.
+DEFAULT_KIND = FlatStore.kind
+
+__all__ = [
+    "DEFAULT_KIND",
+    "EMPTY_INDEX",
+    "INDEX_FILE",
+    "KINDS",
+    "SIDECAR_FILE",
+    "LoadReport",
+    "StoreStats",
+    "VectorStore",
+    "WrongKind",
+    "catch_up",
+    "is_current",
+    "load_store",
+    "new_store",
+    "open_store",
+    "read_sidecar",
+    "rebuild_store",
+    "save_store",
+    "store_type",
+]
+
+
+def store_type(kind: str) -> StoreType:
+    """The class of a kind of store; QueryError for a kind clipdex does not know."""
+    try:
+        return KINDS[kind]
+    except KeyError:
+        known = ", ".join(sorted(KINDS))
+        raise QueryError(f"unknown index type {kind!r} (known: {known})") from None
+
+
+def new_store(kind: str, dim: int, seq: int = 0) -> VectorStore:
+    """A new, empty store of `kind` for `dim`-dimensional vectors."""
+    return store_type(kind)(dim, seq=seq)
+
+
+def open_store(folder: Path, catalog: Catalog) -> tuple[VectorStore, LoadReport]:
+    """The saved store in `folder`, in step with the catalog (caught up, or rebuilt)."""
+    return open_saved(folder, catalog, KINDS, store_type(DEFAULT_KIND))
+
+
+def load_store(folder: Path, dim: int) -> tuple[VectorStore | None, str]:
+    """The saved store as it is on disk if it can be trusted, else None and why."""
+    return load_saved(folder, dim, KINDS)
+
+
+def rebuild_store(catalog: Catalog, kind: str | None = None) -> VectorStore:
+    """A new store of `kind` (default: DEFAULT_KIND) holding every vector the catalog stores."""
+    return rebuild(catalog, store_type(kind or DEFAULT_KIND))

@@ -1,4 +1,7 @@
-"""Verify an index's invariants, and repair what is derived (FAISS) from what is stored."""
+"""Verify an index's invariants, and repair what is derived (FAISS) from what is stored.
+
+The saved store is read only through the VectorStore protocol (`iter_vectors`), whatever
+its kind."""
 
 from __future__ import annotations
 
@@ -14,7 +17,15 @@ from clipdex.storage.catalog import CATALOG_FILE, Catalog
 from clipdex.storage.lock import LOCK_FILE
 from clipdex.storage.schema import Image, Vector
 from clipdex.storage.snapshot import Snapshot
-from clipdex.vectors.flat import INDEX_FILE, SIDECAR_FILE, VectorIndex, load_saved, read_sidecar
+from clipdex.vectors import (
+    INDEX_FILE,
+    SIDECAR_FILE,
+    VectorStore,
+    load_store,
+    read_sidecar,
+    rebuild_store,
+    save_store,
+)
 
 #: The size recorded for an image whose vector was dropped by a repair: it matches no
 #: file, so the next `clipdex index` embeds the image again.
@@ -130,7 +141,7 @@ def _check_rows(catalog: Catalog, dim: int, report: CheckReport, repair: bool) -
 def _check_faiss(
     folder: Path, catalog: Catalog, dim: int, report: CheckReport, repair: bool
 ) -> None:
-    loaded, why = load_saved(folder, dim)
+    loaded, why = load_store(folder, dim)
     with catalog.read_snapshot() as snapshot:  # the sequence and the vectors agree
         seq = snapshot.change_seq()
         behind = None
@@ -152,8 +163,8 @@ def _check_faiss(
     report.problems.append(problem)
     report.repairable = True
     if repair:
-        rebuilt = VectorIndex.rebuild(catalog)
-        rebuilt.save(folder)
+        rebuilt = rebuild_store(catalog)
+        save_store(rebuilt, folder)
         report.repairs.append(
             f"rebuilt {INDEX_FILE} from {rebuilt.ntotal} stored vectors (nothing re-embedded)"
         )
@@ -182,13 +193,14 @@ def _run_in_progress(folder: Path) -> bool:
     return False
 
 
-def _compare(index: VectorIndex, catalog: Snapshot) -> str | None:
-    """None if the FAISS index holds exactly the catalog's vectors under the same ids."""
-    faiss_ids = index.ids()
+def _compare(store: VectorStore, catalog: Snapshot) -> str | None:
+    """None if the saved store holds exactly the catalog's vectors under the same ids."""
+    chunks = list(store.iter_vectors())
+    faiss_ids = np.concatenate([i for i, _ in chunks]) if chunks else np.zeros(0, np.int64)
+    matrix = np.concatenate([v for _, v in chunks]) if chunks else None
     stored_ids = []
     order = np.argsort(faiss_ids)
     sorted_ids = faiss_ids[order]
-    matrix = np.concatenate([v for _, v in index.vectors()]) if len(faiss_ids) else None
     mismatched = 0
     for ids, vectors in catalog.iter_vectors():
         stored_ids.append(ids)

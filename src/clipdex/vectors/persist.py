@@ -1,0 +1,193 @@
+"""A store's files, and how it is opened: loaded, caught up by change sequence, or rebuilt.
+
+`vectors.faiss` is written to a temporary file and renamed into place (storage/atomic.py);
+its sidecar `vectors.json` records the store's kind ("type"), dimension, size and the
+catalog change sequence it reflects. On open, a missing, corrupt, garbled (an id twice,
+vectors not of unit length) or foreign file is rebuilt from the stored vectors, and one
+that lags the catalog is caught up (removed and added by id).
+
+Everything here works on any VectorStore; which kinds exist, and which one a new index
+gets, is decided in vectors/__init__.py and passed in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clipdex.errors import CatalogError
+from clipdex.storage.atomic import atomic_write_path
+from clipdex.vectors.base import StoreType, VectorStore, WrongKind
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.storage.catalog import Catalog
+
+INDEX_FILE = "vectors.faiss"
+SIDECAR_FILE = "vectors.json"
+EMPTY_INDEX = "the index is empty: no images have been indexed yet"
+#: Rows whose norms are checked when a saved index is opened (`check` compares them all).
+NORM_SAMPLE = 1024
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """How the index was brought in step with the catalog when it was opened."""
+
+    action: str  # "loaded", "caught-up", "rebuilt"
+    reason: str = ""
+
+
+# -- opening -------------------------------------------------------------------------------
+
+
+def open_saved(
+    folder: Path, catalog: Catalog, kinds: Mapping[str, StoreType], default: StoreType
+) -> tuple[VectorStore, LoadReport]:
+    """Load the saved store and bring it in step with the catalog; rebuild it as a
+    `default` store when it cannot be trusted or is ahead of the catalog."""
+    identity = catalog.model_identity()
+    if identity is None:
+        raise CatalogError(EMPTY_INDEX)
+    loaded, why = load_saved(folder, identity.dim, kinds)
+    seq = catalog.change_seq()  # after the load: a save meanwhile is not "newer"
+    if loaded is None:
+        return rebuild(catalog, default), LoadReport("rebuilt", why)
+    if loaded.seq == seq:
+        return loaded, LoadReport("loaded")
+    if loaded.seq > seq:
+        return rebuild(catalog, default), LoadReport("rebuilt", "index is newer than the catalog")
+    behind = seq - loaded.seq
+    catch_up(loaded, catalog)
+    return loaded, LoadReport("caught-up", f"{behind} changes behind the catalog")
+
+
+def is_current(folder: Path, catalog: Catalog) -> bool:
+    """Cheap test from the sidecar: does the saved file reflect the catalog's last change?"""
+    sidecar = read_sidecar(folder / SIDECAR_FILE)
+    if sidecar is None:
+        return False
+    return (folder / INDEX_FILE).is_file() and sidecar["seq"] == catalog.change_seq()
+
+
+def rebuild(catalog: Catalog, store_type: StoreType) -> VectorStore:
+    """A new store of `store_type` holding every stored vector, read in one transaction."""
+    identity = catalog.model_identity()
+    dim = identity.dim if identity else 0
+    with catalog.read_snapshot() as snapshot:
+        store = store_type(dim, seq=snapshot.change_seq())
+        if identity is not None:
+            for ids, vectors in snapshot.iter_vectors():
+                store.add(ids, vectors)
+    store.dirty = True
+    return store
+
+
+def catch_up(store: VectorStore, catalog: Catalog) -> None:
+    """Apply the catalog's changes after store.seq: removals, then (re)written vectors,
+    all read in one transaction so that a batch committed meanwhile is not half seen."""
+    with catalog.read_snapshot() as snapshot:
+        target = snapshot.change_seq()
+        deleted, rewritten = snapshot.changed_since(store.seq)
+        store.remove(deleted + rewritten)
+        for ids, vectors in snapshot.iter_vectors(since_seq=store.seq):
+            store.add(ids, vectors)
+    store.seq = target
+    store.dirty = True
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def load_saved(
+    folder: Path, dim: int, kinds: Mapping[str, StoreType]
+) -> tuple[VectorStore | None, str]:
+    """The saved store if it can be trusted, else None and why (the caller rebuilds)."""
+    index_path, sidecar_path = folder / INDEX_FILE, folder / SIDECAR_FILE
+    if not index_path.exists() or not sidecar_path.exists():
+        return None, "no saved index"
+    sidecar = read_sidecar(sidecar_path)
+    if sidecar is None:
+        return None, f"{SIDECAR_FILE} unreadable"
+    store_type = kinds.get(sidecar["type"])
+    if store_type is None or sidecar["dim"] != dim:
+        return None, "saved index has another type or dimension"
+    try:
+        store = store_type.read_file(str(index_path), dim, sidecar["seq"])
+    except WrongKind:
+        return None, "saved index has another type or dimension"
+    except (OSError, ValueError, RuntimeError, MemoryError) as exc:
+        return None, f"saved index unreadable ({str(exc).splitlines()[0][:80]})"
+    if sidecar["ntotal"] != store.ntotal:
+        return None, "saved index does not match its sidecar"
+    problem = garbled(store)
+    return (None, f"saved index {problem}") if problem else (store, "")
+
+
+def read_sidecar(path: Path) -> dict | None:
+    """The sidecar's fields, or None if it is unreadable or not of the shape save writes."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return None
+    numbers = [data.get(key) for key in ("seq", "ntotal", "dim")]
+    if not all(type(n) is int and n >= 0 for n in numbers):
+        return None
+    return data
+
+
+def garbled(store: VectorStore) -> str | None:
+    """Why the store's contents cannot be what was saved: ids twice, or (on an even sample
+    of rows) vectors that are not finite unit vectors."""
+    ids = store.ids()
+    duplicates = len(ids) - len(np.unique(ids))
+    if duplicates:
+        return f"holds {duplicates} duplicate ids"
+    if len(ids) == 0:
+        return None
+    rows = np.unique(np.linspace(0, len(ids) - 1, num=min(len(ids), NORM_SAMPLE)).astype(int))
+    start = 0
+    for chunk_ids, vectors in store.iter_vectors():
+        end = start + len(chunk_ids)
+        picked = rows[(rows >= start) & (rows < end)] - start
+        start = end
+        if len(picked) == 0:
+            continue
+        with np.errstate(all="ignore"):
+            norms = np.linalg.norm(vectors[picked].astype(np.float64), axis=1)
+        if not np.all(np.abs(norms - 1) <= 1e-3):  # also false for inf and nan
+            return "holds vectors that are not unit length"
+    return None
+
+
+# -- saving --------------------------------------------------------------------------------
+
+
+def save_store(store: VectorStore, folder: Path) -> None:
+    """Write the store and then its sidecar, each atomically (a temporary file in the same
+    folder, fsynced, renamed into place); CatalogError if either cannot be written."""
+    _atomic_write(folder / INDEX_FILE, store.write_file)
+    sidecar = {"type": store.kind, "dim": store.dim, "seq": store.seq, "ntotal": store.ntotal}
+    _atomic_write(folder / SIDECAR_FILE, lambda path: Path(path).write_text(json.dumps(sidecar)))
+    store.dirty = False
+
+
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Call write(temporary path) in the same folder, fsync, then rename onto `path`
+    (storage/atomic.py: symlinks and special files keep what they are).
+
+    A failure leaves the previous file in place and raises CatalogError.
+    """
+    try:
+        atomic_write_path(path, write)
+    except (OSError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CatalogError(
+            f"cannot write {path}: {reason.splitlines()[0] if reason else exc!r}"
+        ) from exc
