@@ -96,8 +96,7 @@ def main() -> None:
                 if delay:
                     fetch.FileSystems.for_uri = lambda self, uri: Delayed(real(self, uri), delay)
                 try:
-                    with clipdex.open_index(Path(tmp) / name) as fresh:
-                        fresh._embedder = embedder
+                    with clipdex.open_index(Path(tmp) / name, loaded_model=embedder) as fresh:
                         report = fresh.add(
                             target,
                             model=spec,

@@ -20,10 +20,10 @@ def test_second_run_embeds_nothing(images, index_dir):
     with clipdex.open_index(index_dir) as index:
         first = index.add(images, model=TINY_SPEC)
         assert (first.added, first.failed) == (50, 0)
-        calls = index._embedder.images_encoded
+        calls = index.loaded_model.images_encoded
         again = index.add(images)
         assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 50)
-        assert index._embedder.images_encoded == calls == 50
+        assert index.loaded_model.images_encoded == calls == 50
 
 
 def test_changed_new_and_deleted_files(images, index_dir, tmp_path):
@@ -47,7 +47,7 @@ def test_changed_new_and_deleted_files(images, index_dir, tmp_path):
         after = next(h for h in hits if h.uri == str(rewritten))
         assert after.id == before.id  # updated in place under the same id
         assert abs(after.score - before.score) > 1e-6
-        assert index._embedder.images_encoded == 52
+        assert index.loaded_model.images_encoded == 52
 
 
 def test_rebuild_re_embeds_everything(runner, images):
@@ -85,7 +85,7 @@ def test_lagging_faiss_file_is_caught_up(runner, images, index_dir, tmp_path):
     (index_dir / SIDECAR_FILE).write_text(old_sidecar)
     with clipdex.open_index(index_dir) as index:
         hits = index.search("x", k=100)
-        assert index._load_report.action == "caught-up"
+        assert index.load_report.action == "caught-up"
         uris = {h.uri for h in hits}
         assert len(hits) == 51 and str(gone) not in uris
         assert {str(images / "late0000.png"), str(images / "late0001.jpg")} <= uris
@@ -110,7 +110,7 @@ def test_two_sources_in_one_index(runner, tmp_path):
 def test_moved_copied_and_touched_files_reuse_their_vectors(images, index_dir, tmp_path):
     with clipdex.open_index(index_dir) as index:
         index.add(images, model=TINY_SPEC)
-        embedder = index._embedder
+        embedder = index.loaded_model
         before = {hit.uri: hit.score for hit in index.search("query", k=100)}
         calls = embedder.images_encoded
         moved_dir = images / "moved"

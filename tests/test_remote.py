@@ -49,7 +49,7 @@ def endpoint():
     )
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    host, port = server._server.server_address
+    host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
     for key, value in saved.items():
@@ -115,7 +115,7 @@ def test_moved_object_reuses_its_vector_by_etag(bucket, endpoint, index_dir):
     s3, name = bucket
     with clipdex.open_index(index_dir) as index:
         index_bucket(index, f"s3://{name}/2024", endpoint)
-        calls = index._embedder.images_encoded
+        calls = index.loaded_model.images_encoded
         s3.copy_object(
             Bucket=name,
             Key="2024/moved/img0001.png",
@@ -124,7 +124,7 @@ def test_moved_object_reuses_its_vector_by_etag(bucket, endpoint, index_dir):
         s3.delete_object(Bucket=name, Key="2024/01/img0001.png")
         report = index_bucket(index, f"s3://{name}/2024", endpoint)
         assert (report.added, report.removed, report.reused) == (1, 1, 1)
-        assert index._embedder.images_encoded == calls
+        assert index.loaded_model.images_encoded == calls
 
 
 def test_object_deleted_between_listing_and_fetching(bucket, endpoint, index_dir):

@@ -59,7 +59,7 @@ def plan_sync(
     folders this walk skips. If listing fails, SourceError propagates and nothing is
     planned for removal.
     """
-    match = not rebuild and catalog.has_fingerprints()
+    match = not rebuild and catalog.scan.has_fingerprints()
     plan = SyncPlan()
     candidates: list[FileEntry] = []
     visited: set[str] = set()
@@ -71,10 +71,10 @@ def plan_sync(
             continue
         # Only one folder's rows are in memory at a time (a list's rows are its folder).
         if source.kind == "list":
-            known = catalog.known_for_list(source_id, [entry.uri for entry in files])
+            known = catalog.scan.known_for_list(source_id, [entry.uri for entry in files])
         else:
             only = source.uri if source.is_file else None
-            known = catalog.known_in_folder(folder, source_id, only=only)
+            known = catalog.scan.known_in_folder(folder, source_id, only=only)
         for entry in files:
             plan.listed += 1
             if on_progress and plan.listed % 1000 == 0:
@@ -106,7 +106,7 @@ def plan_sync(
     if not source.is_file and source.kind != "list":
         # This source's rows in folders the walk never reached: deleted (or now hidden).
         keep = tuple(os.path.join(f, "") for f in unreadable)
-        for image_id, folder in catalog.folders_under(source.prefix, source_id):
+        for image_id, folder in catalog.scan.folders_under(source.prefix, source_id):
             if folder not in visited and not (folder + os.sep).startswith(keep or ("\0",)):
                 plan.unlink_ids.append(image_id)
     return plan
@@ -125,7 +125,7 @@ def _changed(previous: KnownFile, entry: FileEntry, verify: bool) -> bool:
 def _match(catalog: Catalog, candidates: list[FileEntry], plan: SyncPlan) -> None:
     """Split candidates into vectors to reuse (by fingerprint) and files to embed."""
     prints = {entry.uri: _content_print(entry) for entry in candidates}
-    found = catalog.find_fingerprints([p for p in prints.values() if p is not None])
+    found = catalog.scan.find_fingerprints([p for p in prints.values() if p is not None])
     for entry in candidates:
         content = prints[entry.uri]
         if content is not None and content in found:

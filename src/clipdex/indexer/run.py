@@ -93,7 +93,7 @@ def index_source(
         raise SourceError(f"no images found in {source.uri}")
     store = source.store
     source_id = catalog.source_id(source.uri, source.kind, store.as_dict() if store else None)
-    catalog.link(source_id, plan.link_ids)
+    catalog.links.link(source_id, plan.link_ids)
     embedder = None
     if plan.to_embed:
         embedder = get_embedder()
@@ -104,7 +104,7 @@ def index_source(
     if has_model and (embedder is not None or plan.unlink_ids or plan.reuse or stale):
         vectors, _ = open_store(folder, catalog)
         _reuse_vectors(catalog, source_id, plan.reuse)  # before the originals may be deleted
-        removed, kept = catalog.unlink(source_id, plan.unlink_ids)
+        removed, kept = catalog.links.unlink(source_id, plan.unlink_ids)
         catch_up(vectors, catalog)
         try:
             if embedder is not None:
@@ -149,7 +149,7 @@ def forget_source(folder: Path, catalog: Catalog, uri: str) -> IndexReport:
     source_id = catalog.find_source_id(uri)
     if source_id is None:
         raise SourceError(f"{uri} is not a source of this index")
-    removed, kept = catalog.forget_source(source_id)
+    removed, kept = catalog.links.forget(source_id)
     if catalog.model_identity() is not None and not is_current(folder, catalog):
         vectors, _ = open_store(folder, catalog)
         if vectors.dirty:
@@ -170,7 +170,7 @@ def _reuse_vectors(catalog: Catalog, source_id: int, reuse: list[Reuse]) -> None
     """Give moved, copied and touched files the stored vector of the same content."""
     for start in range(0, len(reuse), 500):
         chunk = reuse[start : start + 500]
-        copies = catalog.copies_of([item.from_id for item in chunk])
+        copies = catalog.scan.copies_of([item.from_id for item in chunk])
         records = []
         for item in chunk:
             vector, width, height, fmt = copies[item.from_id]

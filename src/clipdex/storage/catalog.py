@@ -16,14 +16,20 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DatabaseError
 
-from clipdex.errors import CatalogError, ClipdexError, IndexReadOnlyError, ModelMismatchError
+from clipdex.errors import CatalogError, ClipdexError, ModelMismatchError
 from clipdex.storage.catalog_links import SourceLinks
 from clipdex.storage.catalog_scan import ScanQueries
-from clipdex.storage.db import WriteScope, bump_seq, database_error, get_meta, make_engine, set_meta
+from clipdex.storage.db import (
+    bump_seq,
+    database_error,
+    get_meta,
+    make_engine,
+    raw_read,
+    set_meta,
+    write,
+)
+from clipdex.storage.migrate import check_version, create_or_migrate
 from clipdex.storage.schema import (
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    Base,
     ClassifyRun,
     Image,
     ImageSource,
@@ -68,19 +74,25 @@ class ImageRow:
     error: str | None
 
 
-class Catalog(ScanQueries, SourceLinks):
-    """SQLAlchemy 2.0 over SQLite in WAL mode. Every write is one transaction."""
+class Catalog:
+    """SQLAlchemy 2.0 over SQLite in WAL mode. Every write is one transaction (storage.db).
+
+    Composed of `scan` (what a scan asks: known files per folder, fingerprints) and
+    `links` (which sources list an image); the rest is here.
+    """
 
     def __init__(self, folder: Path, read_only: bool = False):
         self.folder = folder
         self.path = folder / CATALOG_FILE
         self.read_only = read_only
         self.engine = make_engine(self.path, read_only)
+        self.scan = ScanQueries(self.engine)
+        self.links = SourceLinks(self)
         try:
             if not read_only:
-                self._create_or_migrate()
+                create_or_migrate(self)
             else:
-                self._check_version()
+                check_version(self)
         except DatabaseError as exc:
             self.engine.dispose()
             raise database_error(self.path, exc) from exc
@@ -89,38 +101,6 @@ class Catalog(ScanQueries, SourceLinks):
             raise
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def _create_or_migrate(self) -> None:
-        with self.engine.begin() as conn:
-            fresh = not conn.exec_driver_sql(
-                "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
-            ).first()
-            version = None if fresh else get_meta(conn, "schema_version")
-            if version is None:
-                Base.metadata.create_all(conn)
-                set_meta(conn, "schema_version", str(SCHEMA_VERSION))
-                set_meta(conn, "change_seq", "0")
-                set_meta(conn, "created_at", str(time.time()))
-                return
-            current = int(version)
-            if current > SCHEMA_VERSION:
-                raise CatalogError(
-                    f"{self.path} was written by a newer clipdex (schema {current}, "
-                    f"this one reads up to {SCHEMA_VERSION}); upgrade clipdex"
-                )
-            while current < SCHEMA_VERSION:
-                MIGRATIONS[current](conn)
-                current += 1
-                set_meta(conn, "schema_version", str(current))
-
-    def _check_version(self) -> None:
-        with self.engine.connect() as conn:
-            version = get_meta(conn, "schema_version")
-        if version is None or int(version) != SCHEMA_VERSION:
-            raise CatalogError(
-                f"{self.path} has schema {version}, expected {SCHEMA_VERSION}; "
-                "open it once with write access to migrate it"
-            )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -155,7 +135,7 @@ class Catalog(ScanQueries, SourceLinks):
                     hint="other_model",
                 )
             return
-        with self._write() as conn:
+        with write(self) as conn:
             set_meta(conn, "model_name", identity.name)
             set_meta(conn, "model_weights", identity.weights)
             set_meta(conn, "model_dim", str(identity.dim))
@@ -164,7 +144,7 @@ class Catalog(ScanQueries, SourceLinks):
 
     def reset(self) -> None:
         """Forget every image, vector and the model: used by `--rebuild` with a new model."""
-        with self._write() as conn:
+        with write(self) as conn:
             seq = bump_seq(conn)
             ids = list(conn.execute(select(Image.id)).scalars())
             _tombstone(conn, ids, seq)
@@ -185,7 +165,7 @@ class Catalog(ScanQueries, SourceLinks):
     def source_id(self, uri: str, kind: str, options: dict | None = None) -> int:
         """The id of a source, added if new; `options` (how to reach it) are kept current."""
         encoded = json.dumps(options) if options else None
-        with self._write() as conn:
+        with write(self) as conn:
             found = conn.execute(select(Source.id).where(Source.uri == uri)).scalar()
             if found is not None:
                 conn.execute(update(Source).where(Source.id == found).values(options=encoded))
@@ -211,7 +191,7 @@ class Catalog(ScanQueries, SourceLinks):
         return row[0], row[1], json.loads(row[2]) if row[2] else {}
 
     def mark_source_indexed(self, source_id: int) -> None:
-        with self._write() as conn:
+        with write(self) as conn:
             conn.execute(
                 update(Source).where(Source.id == source_id).values(indexed_at=time.time())
             )
@@ -240,7 +220,7 @@ class Catalog(ScanQueries, SourceLinks):
         if not records:
             return self.change_seq()
         now = time.time()
-        with self._write() as conn:
+        with write(self) as conn:
             seq = bump_seq(conn)
             conn.exec_driver_sql(
                 _UPSERT_IMAGE,
@@ -294,7 +274,7 @@ class Catalog(ScanQueries, SourceLinks):
         """Delete images by id, leaving tombstones so the FAISS index can follow."""
         if not ids:
             return self.change_seq()
-        with self._write() as conn:
+        with write(self) as conn:
             seq = bump_seq(conn)
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
@@ -324,16 +304,12 @@ class Catalog(ScanQueries, SourceLinks):
     def uris(self, ids: list[int]) -> dict[int, str]:
         """id -> uri, read in large chunks through the raw connection."""
         out: dict[int, str] = {}
-        raw = self.engine.raw_connection()
-        try:
-            cursor = raw.cursor()
+        with raw_read(self.engine) as cursor:
             for start in range(0, len(ids), 10_000):
                 chunk = ids[start : start + 10_000]
                 marks = ",".join("?" * len(chunk))
                 cursor.execute(f"SELECT id, uri FROM images WHERE id IN ({marks})", chunk)
                 out.update(cursor.fetchall())
-        finally:
-            raw.close()
         return out
 
     def counts(self) -> dict[str, int]:
@@ -362,36 +338,20 @@ class Catalog(ScanQueries, SourceLinks):
         classification, and row objects would cost more than the matrix product.
         """
         dim = self._dim()
-        raw = self.engine.raw_connection()
-        try:
-            yield from read_vectors(raw.cursor(), dim, chunk, since_seq)
-        finally:
-            raw.close()
+        with raw_read(self.engine) as cursor:
+            yield from read_vectors(cursor, dim, chunk, since_seq)
 
     @contextmanager
     def read_snapshot(self) -> Iterator[Snapshot]:
         """One read transaction, for reads that must agree (a catch-up's removals and adds)."""
-        raw = self.engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            cursor.execute("BEGIN")
+        with raw_read(self.engine, snapshot=True) as cursor:
             yield Snapshot(cursor)
-        finally:
-            raw.rollback()
-            raw.close()
 
     def _dim(self) -> int:
         identity = self.model_identity()
         if identity is None:
             raise CatalogError("the index has no model yet; index some images first")
         return identity.dim
-
-    # -- internals -------------------------------------------------------------------------
-
-    def _write(self):
-        if self.read_only:
-            raise IndexReadOnlyError(f"index folder {self.folder} is read-only")
-        return WriteScope(self)
 
 
 _UPSERT_IMAGE = """

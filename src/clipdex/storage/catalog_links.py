@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
-from clipdex.storage.db import bump_seq
+from clipdex.storage.db import Database, bump_seq, write
 
 _CHUNK = 500
 
 
 class SourceLinks:
-    """Mixed into Catalog: the writes that keep `image_sources` and `images` in step."""
+    """The catalog's writes that keep `image_sources` and `images` in step (`catalog.links`)."""
+
+    def __init__(self, db: Database):
+        self.db = db
 
     def link(self, source_id: int, ids: list[int]) -> None:
         """Record that `source_id` lists these (already stored) images too."""
         if not ids:
             return
-        with self._write() as conn:
+        with write(self.db) as conn:
             conn.exec_driver_sql(
                 "INSERT OR IGNORE INTO image_sources (image_id, source_id) VALUES (?, ?)",
                 [(image_id, source_id) for image_id in ids],
@@ -35,12 +38,12 @@ class SourceLinks:
         """
         if not ids:
             return 0, 0
-        with self._write() as conn:
+        with write(self.db) as conn:
             return _unlink(conn, source_id, ids)
 
-    def forget_source(self, source_id: int) -> tuple[int, int]:
+    def forget(self, source_id: int) -> tuple[int, int]:
         """Unlink every image of a source and delete the source: (removed, kept)."""
-        with self._write() as conn:
+        with write(self.db) as conn:
             ids = [
                 row[0]
                 for row in conn.exec_driver_sql(

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 
+from clipdex.storage.db import raw_read
 from clipdex.storage.schema import Image, Vector
 
 
@@ -33,9 +35,10 @@ _KNOWN = (
 
 
 class ScanQueries:
-    """Mixed into Catalog: the queries `plan_sync` and vector reuse make."""
+    """The catalog's reads for `plan_sync` and vector reuse (`catalog.scan`)."""
 
-    engine: object
+    def __init__(self, engine: Engine):
+        self.engine = engine
 
     def known_in_folder(
         self, folder: str, source_id: int | None, only: str | None = None
@@ -54,9 +57,7 @@ class ScanQueries:
         `prefix`. Images only other sources list are not this source's to remove."""
         if source_id is None:
             return
-        raw = self.engine.raw_connection()
-        try:
-            cursor = raw.cursor()
+        with raw_read(self.engine) as cursor:
             cursor.execute(
                 "SELECT i.id, i.folder FROM images i JOIN image_sources l "
                 "ON l.image_id = i.id AND l.source_id = ? WHERE i.uri >= ? AND i.uri < ?",
@@ -64,8 +65,6 @@ class ScanQueries:
             )
             while rows := cursor.fetchmany(10_000):
                 yield from rows
-        finally:
-            raw.close()
 
     def known_for_list(self, source_id: int | None, uris: list[str]) -> dict[str, KnownFile]:
         """Everything a list source brought in, and whatever the catalog holds of `uris`."""

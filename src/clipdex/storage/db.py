@@ -1,12 +1,18 @@
 """SQLite plumbing for the catalog: the engine and its pragmas, connections that raise
-typed errors, write transactions, and the meta table's key-value helpers."""
+typed errors, the write transactions (`write`, `raw_write`: the only two ways to write),
+raw reads (`raw_read`), and the meta table's key-value helpers. No other module begins,
+commits or rolls back a transaction."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, select
@@ -15,34 +21,116 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.pool import QueuePool
 
-from clipdex.errors import CatalogError, IndexReadOnlyError
+from clipdex.errors import CatalogError, ClipdexError, IndexReadOnlyError
 from clipdex.storage.schema import Meta
-
-if TYPE_CHECKING:  # pragma: no cover
-    from clipdex.storage.catalog import Catalog
 
 #: SQLite page cache per connection (negative: KiB), above the 2 MB default for big scans.
 CACHE_KIB = -65536
 
 
-class WriteScope:
-    """engine.begin() that turns SQLite's write failures into typed errors."""
+class Database(Protocol):
+    """What a write path needs of a catalog: its engine, its file (for error messages) and
+    whether it was opened read-only (Catalog has them)."""
 
-    def __init__(self, catalog: Catalog):
-        self.catalog = catalog
-        self.context = catalog.engine.begin()
+    engine: Engine
+    path: Path
+    read_only: bool
 
-    def __enter__(self) -> Connection:
-        try:
-            return self.context.__enter__()
-        except DatabaseError as exc:
-            raise database_error(self.catalog.path, exc) from exc
 
-    def __exit__(self, *exc_info) -> bool:
-        try:
-            return bool(self.context.__exit__(*exc_info))
-        except DatabaseError as exc:
-            raise database_error(self.catalog.path, exc) from exc
+@contextmanager
+def write(db: Database) -> Iterator[Connection]:
+    """One write transaction through SQLAlchemy: commit on success, rollback on error.
+
+    Every SQLAlchemy write path of the catalog goes through here (plain SQL through
+    `exec_driver_sql` too); SQLite's failures (read-only file, full disk, damage) come out
+    as the errors `database_error` gives.
+    """
+    require_writable(db)
+    try:
+        with db.engine.begin() as conn:
+            yield conn
+    except (DatabaseError, sqlite3.Error) as exc:
+        raise database_error(db.path, exc) from exc
+
+
+@contextmanager
+def raw_write(db: Database, *, cache_kib: int | None = None) -> Iterator[RawWrite]:
+    """One write transaction on a raw sqlite3 connection, for bulk executemany paths.
+
+    Takes the write lock at once (BEGIN IMMEDIATE): what the body reads cannot change
+    before it commits. Commits when the body ends, unless it called `discard()`; rolls back
+    on any error. `cache_kib` (KiB) widens the page cache for this transaction only.
+    """
+    require_writable(db)
+    raw = db.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        if cache_kib is not None:
+            cursor.execute(f"PRAGMA cache_size = {-cache_kib}")
+        cursor.execute("BEGIN IMMEDIATE")
+        scope = RawWrite(cursor)
+        yield scope
+        if scope.discarded:
+            raw.rollback()
+        else:
+            raw.commit()
+    except sqlite3.Error as exc:
+        _rollback(raw)
+        raise database_error(db.path, exc) from exc
+    except BaseException:
+        _rollback(raw)
+        raise
+    finally:
+        if cache_kib is not None:
+            with contextlib.suppress(sqlite3.Error, ClipdexError):
+                raw.cursor().execute(f"PRAGMA cache_size = {CACHE_KIB}")
+        raw.close()
+
+
+@dataclass
+class RawWrite:
+    """The body's view of a `raw_write` transaction."""
+
+    cursor: sqlite3.Cursor
+    discarded: bool = False
+
+    def discard(self) -> None:
+        """Roll back instead of committing when the body ends (nothing worth keeping)."""
+        self.discarded = True
+
+
+@contextmanager
+def raw_read(engine: Engine, *, snapshot: bool = False) -> Iterator[sqlite3.Cursor]:
+    """A cursor on a raw sqlite3 connection, for bulk reads (row objects would cost more
+    than the work); with `snapshot`, inside one read transaction, so that every read
+    sees the same commit. Never writes: nothing is committed."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        if snapshot:
+            cursor.execute("BEGIN")
+        yield cursor
+    finally:
+        if snapshot:
+            raw.rollback()
+        raw.close()
+
+
+def require_writable(db: Database) -> None:
+    if db.read_only:
+        raise IndexReadOnlyError(f"index folder {db.path.parent} is read-only")
+
+
+def _rollback(raw) -> None:
+    with contextlib.suppress(sqlite3.Error, ClipdexError):
+        raw.rollback()
+
+
+def _mapped(exc: Exception) -> bool:
+    """Operational and corruption errors become clipdex errors; integrity and programming
+    errors (bugs, or handled by callers) stay as they are."""
+    orig = getattr(exc, "orig", None) or exc
+    return type(orig) in (sqlite3.DatabaseError, sqlite3.OperationalError)
 
 
 def make_engine(path: Path, read_only: bool) -> Engine:
@@ -113,7 +201,7 @@ def _typed(method):
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            if type(exc) not in (sqlite3.DatabaseError, sqlite3.OperationalError):
+            if not _mapped(exc):
                 raise
             conn = self if isinstance(self, sqlite3.Connection) else self.connection
             raise database_error(conn.path, exc) from exc

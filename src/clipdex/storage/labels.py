@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sqlite3
@@ -13,9 +12,8 @@ from itertools import repeat
 import numpy as np
 from sqlalchemy import exists, func, select
 
-from clipdex.errors import IndexReadOnlyError
 from clipdex.storage.catalog import Catalog
-from clipdex.storage.db import CACHE_KIB, database_error
+from clipdex.storage.db import raw_write
 from clipdex.storage.schema import Assignment, ClassifyRun, RunLabel
 from clipdex.types import LabelSet
 
@@ -69,19 +67,14 @@ class LabelStore:
         Returns (run id, assignments stored); nothing is written when none is left.
         Uses executemany on the raw sqlite3 connection: a million rows in a few seconds.
         """
-        if self.catalog.read_only:
-            raise IndexReadOnlyError(f"index folder {self.catalog.folder} is read-only")
-        raw = self.engine.raw_connection()
-        count, existing = 0, run_id
-        try:
-            cursor = raw.cursor()
-            # Random inserts into the label index thrash SQLite's default 2 MB page cache:
-            # 256 MB (allocated only as used) makes a million rows about 3x faster.
-            cursor.execute("PRAGMA cache_size = -262144")
-            # The write lock from here on: no image can be deleted or rewritten meanwhile.
-            cursor.execute("BEGIN IMMEDIATE")
+        count = 0
+        # Random inserts into the label index thrash SQLite's default 2 MB page cache:
+        # 256 MB (allocated only as used) makes a million rows about 3x faster.
+        # BEGIN IMMEDIATE: no image can be deleted or rewritten meanwhile.
+        with raw_write(self.catalog, cache_kib=262144) as scope:
+            cursor = scope.cursor
             stale = _changed_since(cursor, as_of_seq)
-            run_id = _open_run(cursor, run_id, labels, templates, model)
+            new_id = _open_run(cursor, run_id, labels, templates, model)
             sql = (
                 "INSERT OR REPLACE INTO assignments "
                 "(run_id, image_id, rank, position, score, probability) VALUES (?, ?, ?, ?, ?, ?)"
@@ -94,7 +87,7 @@ class LabelStore:
                 cursor.executemany(
                     sql,
                     zip(
-                        repeat(run_id, len(ids)),
+                        repeat(new_id, len(ids)),
                         ids.tolist(),
                         ranks.tolist(),
                         positions.tolist(),
@@ -105,20 +98,9 @@ class LabelStore:
                 )
                 count += len(ids)
             if count == 0:
-                raw.rollback()
-                return existing, 0
-            raw.commit()
-        except sqlite3.Error as exc:
-            _rollback(raw)
-            raise database_error(self.catalog.path, exc) from exc
-        except BaseException:
-            _rollback(raw)
-            raise
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                raw.cursor().execute(f"PRAGMA cache_size = {CACHE_KIB}")
-            raw.close()
-        return run_id, count
+                scope.discard()
+                return run_id, 0
+        return new_id, count
 
     def run_labels(self, run_id: int) -> list[str]:
         with self.engine.connect() as conn:
@@ -210,8 +192,3 @@ def _open_run(
         [(new_id, i, name) for i, name in enumerate(labels.names)],
     )
     return new_id
-
-
-def _rollback(raw) -> None:
-    with contextlib.suppress(sqlite3.Error):
-        raw.rollback()

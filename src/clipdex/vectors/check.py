@@ -14,6 +14,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 
 from clipdex.storage.catalog import CATALOG_FILE, Catalog
+from clipdex.storage.db import write
 from clipdex.storage.lock import LOCK_FILE
 from clipdex.storage.schema import Image, Vector
 from clipdex.storage.snapshot import Snapshot
@@ -125,7 +126,7 @@ def _check_rows(catalog: Catalog, dim: int, report: CheckReport, repair: bool) -
     report.repairable |= bool(bad or missing or orphans)
     if not repair:
         return
-    with catalog._write() as conn:
+    with write(catalog) as conn:
         if bad or missing:
             conn.execute(delete(Vector).where(Vector.image_id.in_(bad)))
             # size -1 never matches a file: the next `clipdex index` embeds them again

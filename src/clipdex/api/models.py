@@ -1,0 +1,56 @@
+"""Loading an index's model once and keeping it: a checkpoint changed since is refused."""
+
+from __future__ import annotations
+
+import threading
+
+from clipdex.errors import ModelMismatchError
+from clipdex.models.open_clip import Embedder
+from clipdex.models.spec import ModelSpec, check_same_model, same_model, spec_for
+from clipdex.types import ModelIdentity
+
+
+class ModelLoader:
+    """The one model an Index keeps in memory, and how to load another (thread-safe)."""
+
+    def __init__(
+        self,
+        device: str,
+        precision: str,
+        lock: threading.RLock,
+        loaded: Embedder | None = None,
+    ):
+        self.device = device
+        self.precision = precision
+        self.lock = lock
+        #: The model in memory, or None until something needs one.
+        self.loaded = loaded
+
+    def for_index(self, stored: ModelIdentity | None, spec: ModelSpec | None) -> Embedder:
+        """The model of an index that records `stored`: `spec` (which must be the same
+        model), else its own, else (a new index) the default."""
+        if spec is None:
+            spec = spec_for(stored) if stored is not None else ModelSpec()
+        elif stored is not None:
+            check_same_model(stored, spec)
+        return self.load(spec, stored)
+
+    def load(self, spec: ModelSpec, want: ModelIdentity | None = None) -> Embedder:
+        """`spec`'s model, reusing the loaded one when it is the same; `want` must match."""
+        with self.lock:
+            cached = self.loaded
+            if cached is not None and (
+                cached.identity == want if want is not None else same_model(cached.identity, spec)
+            ):
+                return cached  # weights in memory: a file changed since cannot affect them
+            embedder = Embedder(spec, self.device, self.precision)
+            if want is not None and embedder.identity != want:
+                where = f"checkpoint {spec.checkpoint}" if spec.checkpoint else spec.name
+                raise ModelMismatchError(
+                    f"this index was built with {want.describe()}, but {where} now loads "
+                    f"{embedder.identity.describe()}; restore the weights the index was built "
+                    "with, or rebuild the index with the new ones",
+                    hint="rebuild",
+                )
+            self.loaded = embedder
+            return embedder
