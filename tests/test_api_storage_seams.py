@@ -174,8 +174,6 @@ def test_loaded_model_is_public_and_can_be_shared(tmp_path):
 #: Private names still reached across objects, owned by other parts of the restructuring
 #: (vectors: flat.py's loader; training: the checkpoint writer); drop each when it lands.
 ALLOWED = {
-    ("tests/test_vectors.py", "_load"),
-    ("tests/test_classify_safety.py", "_save_atomic"),
     ("src/clipdex/models/device.py", "_is_mkldnn_bf16_supported"),  # torch's own
 }
 

@@ -269,14 +269,14 @@ def test_faiss_file_and_sidecar_follow_the_umask_and_keep_symlinks(
 def test_checkpoints_follow_the_umask_and_keep_symlinks(tmp_path, umask_022):
     import torch
 
-    from clipdex.training.finetune import _save_atomic
+    from clipdex.training.finetune import save_checkpoint
 
     out = tmp_path / "model.pt"
-    _save_atomic({"a": torch.ones(2)}, out)
+    save_checkpoint({"a": torch.ones(2)}, out)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     link = tmp_path / "link.pt"
     link.symlink_to(out)
-    _save_atomic({"a": torch.zeros(2)}, link)
+    save_checkpoint({"a": torch.zeros(2)}, link)
     assert link.is_symlink() and torch.load(out)["a"].tolist() == [0, 0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.pt", "model.pt"]
 

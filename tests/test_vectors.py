@@ -91,7 +91,8 @@ class NumpyStore:
             if data["vectors"].shape[1:] != (dim,):
                 raise WrongKind("another dimension")
             store = cls(dim, seq)
-            store._ids, store._vectors = data["ids"], data["vectors"]
+            store.add(data["ids"], data["vectors"])
+        store.dirty = False  # as read from its file
         return store
 
 

@@ -109,7 +109,7 @@ def finetune(
         metrics = _evaluate(embedder, val, loss_fn, options, epoch, float(np.mean(losses)))
         metrics.seconds = time.perf_counter() - started
         report.history.append(metrics)
-        _save_atomic(
+        save_checkpoint(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -119,7 +119,7 @@ def finetune(
             },
             state_path,
         )
-        _save_atomic(
+        save_checkpoint(
             {
                 "state_dict": model.state_dict(),
                 "clipdex": {"architecture": spec.name, "epoch": epoch, "metrics": asdict(metrics)},
@@ -213,7 +213,7 @@ def _recall(similarity: np.ndarray, same: np.ndarray, k: int) -> float:
     return float(np.mean(np.take_along_axis(same, top, axis=1).any(axis=1)))
 
 
-def _save_atomic(obj, path: Path) -> None:
+def save_checkpoint(obj, path: Path) -> None:
     import torch
 
     with atomic_open(path) as handle:
