@@ -2,13 +2,14 @@
 
     python scripts/bench_classify.py                  # 1,000,000 x 512-d, 1,000 labels
     python scripts/bench_classify.py --n 200000       # quicker
+    python scripts/bench_classify.py --tiny           # seconds: checks that it runs
 
 Phase 1 (a subprocess) writes a synthetic index: N random unit vectors into the catalog
-(SQLite) and the FAISS file. Phase 2 (a fresh subprocess, so peak memory is its own) opens
+(SQLite, through the catalog's own batch writes) and the FAISS file. Phase 2 (a fresh subprocess, so peak memory is its own) opens
 the index as `clipdex classify` does, then times:
   - bare:   numpy float32 `vectors @ labels.T` over the same vectors, in the same chunks;
   - assign: clipdex's assignment step (stored vectors -> scores, top label, probability);
-  - save:   writing the run and its N results to the catalog in one transaction.
+  - save:   writing the N results to the catalog in one transaction.
 and reports peak RSS above the RSS once the vectors are loaded.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+BUILD_BATCH = 10_000  # catalog rows per transaction while building
 
 
 def status_mb(field: str) -> float:
@@ -42,38 +44,27 @@ def reset_peak() -> None:
 
 
 def build(folder: Path, n: int, dim: int) -> None:
-    """A catalog with n images and vectors, and its FAISS file, written directly."""
-    from clipdex.storage.catalog import Catalog
+    """A catalog with n images and vectors, and its FAISS file, written as `clipdex index`
+    writes them: catalog batches, each mirrored into the FAISS index."""
+    from clipdex.storage.catalog import Catalog, ImageRecord
     from clipdex.types import ModelIdentity
-    from clipdex.vectors import DEFAULT_KIND, new_store, save_store
+    from clipdex.vectors import catch_up, new_store, save_store
 
     catalog = Catalog(folder)
     catalog.claim_model(ModelIdentity("synthetic", "random", dim))
     source_id = catalog.source_id("/synthetic", "folder")
-    seq = catalog.delete_images([]) + 1
     rng = np.random.default_rng(0)
-    index = new_store(DEFAULT_KIND, dim)
-    raw = sqlite3.connect(folder / "catalog.sqlite")
-    raw.execute("PRAGMA synchronous = OFF")
-    for start in range(0, n, 100_000):
-        count = min(100_000, n - start)
+    index = new_store("flat", dim)
+    for start in range(0, n, BUILD_BATCH):
+        count = min(BUILD_BATCH, n - start)
         vectors = rng.standard_normal((count, dim), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        ids = np.arange(start + 1, start + count + 1)
-        raw.executemany(
-            "INSERT INTO images (id, source_id, uri, folder, size, mtime_ns, status, seq,"
-            " indexed_at) VALUES (?, ?, ?, '/synthetic', 0, 0, 'ok', ?, 0)",
-            [(int(i), source_id, f"/synthetic/{i:07d}.jpg", seq) for i in ids],
-        )
-        raw.executemany(
-            "INSERT INTO vectors (image_id, vector) VALUES (?, ?)",
-            [(int(i), v.tobytes()) for i, v in zip(ids, vectors, strict=True)],
-        )
-        index.add(ids, vectors)
-    raw.execute("UPDATE meta SET value = ? WHERE key = 'change_seq'", (str(seq),))
-    raw.commit()
-    raw.close()
-    index.seq = seq
+        records = [
+            ImageRecord(f"/synthetic/{start + i:07d}.jpg", 0, 0, vector=vector)
+            for i, vector in enumerate(vectors)
+        ]
+        catalog.write_batch(source_id, records)
+        catch_up(index, catalog)
     save_store(index, folder)
     catalog.close()
 
@@ -99,7 +90,7 @@ def measure(folder: Path, labels: int, dim: int) -> dict:
 
     started = time.perf_counter()
     transposed = np.ascontiguousarray(matrix.T)
-    for _, chunk in vectors.iter_vectors(chunk=CHUNK):
+    for _, chunk in vectors.vectors(chunk=CHUNK):
         chunk @ transposed
     bare_s = time.perf_counter() - started
 
@@ -144,9 +135,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--labels", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--tiny", action="store_true", help="2,000 vectors, 10 labels")
     parser.add_argument("--phase", choices=["build", "measure"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tiny:
+        args.n, args.labels = 2000, 10
     if args.phase == "build":
         build(Path(args.folder), args.n, args.dim)
         return

@@ -2,6 +2,7 @@
 
     python scripts/bench_index.py --model clipdex-tiny --images 2000
     python scripts/bench_index.py --model ViT-B-32-256 --pretrained none --images 300
+    python scripts/bench_index.py --tiny       # seconds: checks that it runs
 
 Writes JPEGs (default 640x480, smooth gradients plus noise, like a downscaled photo) into a
 temporary folder, then times the real CLI in a subprocess: the whole command (model load
@@ -43,7 +44,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--tiny", action="store_true", help="40 small photos, clipdex-tiny")
     args = parser.parse_args()
+    if args.tiny:
+        args.model, args.pretrained, args.images, args.size = "clipdex-tiny", None, 40, "64x48"
+        args.batch_size = 8
     width, height = (int(v) for v in args.size.split("x"))
 
     with tempfile.TemporaryDirectory() as tmp:

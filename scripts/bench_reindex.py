@@ -2,10 +2,11 @@
 
     python scripts/bench_reindex.py                        # 100,000 files, move 10,000
     python scripts/bench_reindex.py --files 1000000 --move 0   # scan memory at a million
+    python scripts/bench_reindex.py --tiny                     # seconds: checks that it runs
 
 Builds a synthetic, already-indexed collection: tiny files in folders of 1,000, with
 catalog rows (size, mtime, fingerprint, folder) and random clipdex-tiny vectors written
-directly, plus the FAISS file. Then runs the real `clipdex index` in subprocesses:
+through the catalog's own batch writes, plus the FAISS file. Then runs the real `clipdex index` in subprocesses:
   - no-op: nothing changed; wall time and files/s;
   - move:  MOVE files renamed into another folder of the source; wall time, and how many
            images were embedded (must be 0) and reused;
@@ -18,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,62 +31,46 @@ PER_FOLDER = 1000
 
 
 def build(root: Path, index: Path, files: int) -> None:
+    """Tiny files in folders of PER_FOLDER, indexed as `clipdex index` writes them (catalog
+    batches mirrored into the FAISS index), with random vectors instead of embeddings."""
     from clipdex.models.spec import RANDOM_WEIGHTS
     from clipdex.sources.fingerprint import fingerprint
-    from clipdex.storage.catalog import Catalog
+    from clipdex.storage.catalog import Catalog, ImageRecord
     from clipdex.types import ModelIdentity
-    from clipdex.vectors import DEFAULT_KIND, new_store, save_store
+    from clipdex.vectors import catch_up, new_store, save_store
 
     catalog = Catalog(index)
     catalog.claim_model(ModelIdentity("clipdex-tiny", RANDOM_WEIGHTS, 64))
     source_id = catalog.source_id(str(root), "folder")
-    catalog.mark_source_indexed(source_id)
-    seq = catalog.delete_images([]) + 1
-    catalog.close()
     rng = np.random.default_rng(0)
-    vectors = new_store(DEFAULT_KIND, 64, seq=seq)
-    raw = sqlite3.connect(index / "catalog.sqlite")
-    raw.execute("PRAGMA synchronous = OFF")
+    vectors = new_store("flat", 64)
     for start in range(0, files, PER_FOLDER):
         folder = root / f"{start // PER_FOLDER:05d}"
         folder.mkdir(parents=True)
-        rows, blobs = [], []
         count = min(PER_FOLDER, files - start)
         batch = rng.standard_normal((count, 64), dtype=np.float32)
         batch /= np.linalg.norm(batch, axis=1, keepdims=True)
+        records = []
         for n in range(count):
-            image_id = start + n + 1
-            path = folder / f"photo{image_id:07d}.jpg"
-            path.write_bytes(b"\xff\xd8\xff\xe0" + image_id.to_bytes(8, "little") * 8)
+            number = start + n + 1
+            path = folder / f"photo{number:07d}.jpg"
+            path.write_bytes(b"\xff\xd8\xff\xe0" + number.to_bytes(8, "little") * 8)
             stat = path.stat()
-            rows.append(
-                (
-                    image_id,
-                    source_id,
-                    str(path),
-                    str(folder),
+            uri = str(path)
+            records.append(
+                ImageRecord(
+                    uri,
                     stat.st_size,
                     stat.st_mtime_ns,
-                    fingerprint(str(path), stat.st_size),
-                    seq,
+                    vector=batch[n],
+                    fingerprint=fingerprint(uri, stat.st_size),
                 )
             )
-            blobs.append((image_id, batch[n].tobytes()))
-        raw.executemany(
-            "INSERT INTO images (id, source_id, uri, folder, size, mtime_ns, fingerprint,"
-            " status, seq, indexed_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', ?, 0)",
-            rows,
-        )
-        raw.executemany("INSERT INTO vectors (image_id, vector) VALUES (?, ?)", blobs)
-        raw.executemany(
-            "INSERT INTO image_sources (image_id, source_id) VALUES (?, ?)",
-            [(row[0], source_id) for row in rows],
-        )
-        vectors.add(np.array([b[0] for b in blobs]), batch)
-    raw.execute("UPDATE meta SET value = ? WHERE key = 'change_seq'", (str(seq),))
-    raw.commit()
-    raw.close()
+        catalog.write_batch(source_id, records)
+        catch_up(vectors, catalog)
+    catalog.mark_source_indexed(source_id)
     save_store(vectors, index)
+    catalog.close()
 
 
 def scan_memory(root: Path, index: Path) -> dict:
@@ -133,10 +117,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--move", type=int, default=10_000)
+    parser.add_argument("--tiny", action="store_true", help="2,000 files, move 100")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tiny:
+        args.files, args.move = 2000, 100
     if args.phase == "scan":
         print(json.dumps(scan_memory(Path(args.root), Path(args.index))))
         return

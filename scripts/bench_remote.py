@@ -2,6 +2,7 @@
 
     python scripts/bench_remote.py --model clipdex-tiny --images 1000
     python scripts/bench_remote.py --model ViT-B-32-256 --pretrained none --images 300
+    python scripts/bench_remote.py --tiny      # seconds: checks that it runs
 
 Starts moto's S3 server in its own process on 127.0.0.1, uploads generated 640x480 JPEGs,
 writes the same files to a local folder, and indexes each (model loaded once, not timed):
@@ -68,7 +69,12 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--fetch-workers", type=int, default=16)
+    parser.add_argument("--tiny", action="store_true", help="20 small photos, clipdex-tiny")
     args = parser.parse_args()
+    size = (640, 480)
+    if args.tiny:
+        args.model, args.pretrained, args.images, args.batch_size = "clipdex-tiny", None, 20, 8
+        size = (64, 48)
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
     )
@@ -83,7 +89,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             photos = Path(tmp) / "photos"
             photos.mkdir()
-            write_photos(photos, args.images, 640, 480)
+            write_photos(photos, args.images, *size)
             s3 = boto3.client("s3", endpoint_url=endpoint)
             s3.create_bucket(Bucket="bench")
             for path in sorted(photos.iterdir()):

@@ -30,10 +30,18 @@ def test_wait_blocks_until_the_writer_is_done(runner, images, index_dir):
     run_cli(runner, "index", str(images), *TINY)
     lock = WriterLock(index_dir)
     lock.acquire()
-    timer = threading.Timer(0.5, lock.release)
-    timer.start()
+    result = {}
+
+    def second_writer():
+        result["out"] = run_cli(runner, "index", str(images), "--wait").stdout
+
+    waiter = threading.Thread(target=second_writer)
+    waiter.start()
     try:
-        out = run_cli(runner, "index", str(images), "--wait").stdout
+        waiter.join(timeout=1.5)
+        assert waiter.is_alive(), "index --wait did not wait for the first writer"
+        assert "out" not in result
     finally:
-        timer.join()
-    assert "50 unchanged" in out
+        lock.release()
+    waiter.join(timeout=120)
+    assert "50 unchanged" in result["out"]

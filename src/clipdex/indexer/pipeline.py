@@ -7,6 +7,12 @@ batch as a failure with its reason, so one bad file never stops a run.
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -96,5 +102,39 @@ def decode_batches(
         collate_fn=collate,
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None,
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
     yield from loader
+
+
+def die_with_parent(parent: int, _worker_id: int = 0) -> None:
+    """Worker start-up: end this worker as soon as `parent` dies, even by SIGKILL.
+
+    Without it a worker blocked handing a batch to a killed parent lives on as an orphan
+    (holding its memory). Linux: the kernel sends SIGKILL when the parent goes; elsewhere
+    a daemon thread polls for it. A parent already gone ends the worker at once.
+    """
+    if not _set_parent_death_signal(signal.SIGKILL):
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _set_parent_death_signal(signum: int) -> bool:
+    """Linux prctl(PR_SET_PDEATHSIG). The signal comes when the thread that started the
+    workers (the one iterating the loader) ends, so iterate from a thread that outlives it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signum, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)

@@ -170,13 +170,15 @@ def _unique_batches(pairs: list[Pair], size: int, seed: int) -> Iterator[list[in
 
 
 def _tensors(embedder: Embedder, pairs: list[Pair]):
+    """A batch's pixels and tokens, on the model's device."""
     import torch
 
     images = []
     for pair in pairs:
         image, _ = load_image(pair.image)
         images.append(embedder.preprocess(image))
-    return torch.stack(images), embedder.tokenizer([pair.caption for pair in pairs])
+    texts = embedder.tokenizer([pair.caption for pair in pairs])
+    return torch.stack(images).to(embedder.device), texts.to(embedder.device)
 
 
 def _evaluate(embedder, val, loss_fn, options, epoch, train_loss) -> EpochMetrics:
@@ -194,7 +196,7 @@ def _evaluate(embedder, val, loss_fn, options, epoch, train_loss) -> EpochMetric
         image_features, text_features = torch.cat(image_parts), torch.cat(text_parts)
         scale = model.logit_scale.exp()
         loss = float(loss_fn(image_features, text_features, scale))
-        similarity = (image_features @ text_features.T).numpy()
+        similarity = (image_features @ text_features.T).cpu().numpy()
     keys = np.array([pair.key for pair in val])
     same = keys[:, None] == keys[None, :]
     return EpochMetrics(

@@ -1,0 +1,54 @@
+"""Every script in scripts/ runs at its tiny size and prints its numbers, so none can rot."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipdex.models.demo_weights import weights_path
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+#: What each script's output must show; a script not listed must print some number.
+EXPECTED = {
+    "bench_index.py": r"end-to-end [\d.]+ images/s .* run [\d.]+ images/s .* no-op re-index",
+    "bench_classify.py": r"n=2,000 .* bare matmul [\d,]+ images/s, assignment [\d,]+ images/s",
+    "bench_reindex.py": r"no-op re-index: [\d.]+ s wall(.|\n)* 0 embedded, 100 reused",
+    "bench_remote.py": r"folder [\d.]+ images/s, s3 [\d.]+ images/s, s3 \+ 50 ms [\d.]+",
+    "train_demo_model.py": r"zero-shot top-1 over 48 labels: seen [\d.]+%",
+    "kill_loop.py": r"index: 2 trials, 2 ok, 0 failures(.|\n)*"
+    r"classify: 2 trials(.|\n)*check --repair: 2 trials, 2 ok, 0 failures",
+}
+
+
+def scripts() -> list[str]:
+    return sorted(path.name for path in SCRIPTS.glob("*.py"))
+
+
+def test_every_script_is_covered():
+    assert set(EXPECTED) <= set(scripts()), "a listed script is gone"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", scripts())
+def test_script_runs_at_its_tiny_size(name, tmp_path):
+    shipped = hashlib.sha256(weights_path().read_bytes()).hexdigest()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TMPDIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), "--tiny"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert re.search(EXPECTED.get(name, r"\d"), done.stdout), done.stdout
+    # no tiny run may overwrite the shipped demo weights
+    assert hashlib.sha256(weights_path().read_bytes()).hexdigest() == shipped
