@@ -90,7 +90,7 @@ def measure(folder: Path, labels: int, dim: int) -> dict:
 
     started = time.perf_counter()
     transposed = np.ascontiguousarray(matrix.T)
-    for _, chunk in vectors.vectors(chunk=CHUNK):
+    for _, chunk in vectors.iter_vectors(chunk=CHUNK):
         chunk @ transposed
     bare_s = time.perf_counter() - started
 
