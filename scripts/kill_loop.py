@@ -101,16 +101,18 @@ class Loop:
         self.photos = photos
         self.rng = rng
         self.runs = 0
-        self.spans: dict[str, float] = {}  # longest unkilled run of each kind, seconds
+        self.spans: dict[str, float] = {}  # an unkilled run of each kind, seconds
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "clipdex", *args, "--index", str(self.index)]
 
-    def run(self, kind: str, *args: str) -> str | None:
-        """Run to completion; None, or why it failed."""
+    def run(self, kind: str, *args: str, calibrate: bool = False) -> str | None:
+        """Run to completion; None, or why it failed. A `calibrate` run sets how long a
+        run of its kind lasts (re-runs after a kill only finish the rest: shorter)."""
         started = time.monotonic()
         done = subprocess.run(self.command(*args), capture_output=True, text=True, timeout=900)
-        self.spans[kind] = max(self.spans.get(kind, 0.0), time.monotonic() - started)
+        if calibrate:
+            self.spans[kind] = time.monotonic() - started
         if done.returncode != 0:
             return f"re-run exited {done.returncode}: {done.stderr.strip()[-300:]}"
         return None
@@ -169,9 +171,9 @@ def trial(tally: Tally, body: Callable[..., tuple[bool, str | None]], *args) -> 
 def index_trials(loop: Loop, trials: int, change: int) -> Tally:
     tally = Tally("index")
     index_args = ("index", str(loop.photos.folder), *MODEL, "--batch-size", "16")
-    problem = loop.run("fresh", *index_args)  # calibration: an unkilled run of each kind
+    problem = loop.run("fresh", *index_args, calibrate=True)
     loop.photos.change(change)
-    problem = problem or loop.run("update", *index_args)
+    problem = problem or loop.run("update", *index_args, calibrate=True)
     if problem:
         raise SystemExit(f"index does not run: {problem}")
     for number in range(trials):
@@ -192,7 +194,7 @@ def index_trial(loop: Loop, index_args, kind: str, change: int) -> tuple[bool, s
 
 def classify_trials(loop: Loop, trials: int) -> Tally:
     tally = Tally("classify")
-    problem = loop.run("classify", *classify_args(LABEL_SETS[0]))
+    problem = loop.run("classify", *classify_args(LABEL_SETS[0]), calibrate=True)
     if problem:
         raise SystemExit(f"classify does not run: {problem}")
     for number in range(trials):
@@ -223,7 +225,10 @@ def classify_trial(loop: Loop, previous: list[str], new: list[str]) -> tuple[boo
 
 def repair_trials(loop: Loop, trials: int) -> Tally:
     tally = Tally("check --repair")
-    if loop.run("repair", "check", "--repair"):
+    from clipdex.storage.vectors import INDEX_FILE
+
+    (loop.index / INDEX_FILE).unlink(missing_ok=True)
+    if loop.run("repair", "check", "--repair", calibrate=True):
         raise SystemExit("check --repair does not run")
     for number in range(trials):
         trial(tally, repair_trial, loop, number % 3)

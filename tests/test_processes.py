@@ -169,7 +169,7 @@ def test_a_forked_child_does_not_keep_a_dead_writers_lock(tmp_path):
 
 def test_wait_blocks_on_a_writer_in_another_process(runner, images, index_dir):
     run_cli(runner, "index", str(images), *TINY)
-    writer = holder(index_dir, "2")
+    writer = holder(index_dir, "3")
     try:
         assert writer.stdout.readline().strip() == "locked"
         refused = run_cli(runner, "index", str(images), expect=1)
