@@ -225,7 +225,7 @@ def classify_trial(loop: Loop, previous: list[str], new: list[str]) -> tuple[boo
 
 def repair_trials(loop: Loop, trials: int) -> Tally:
     tally = Tally("check --repair")
-    from clipdex.storage.vectors import INDEX_FILE
+    from clipdex.vectors import INDEX_FILE
 
     (loop.index / INDEX_FILE).unlink(missing_ok=True)
     if loop.run("repair", "check", "--repair", calibrate=True):
