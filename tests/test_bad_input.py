@@ -131,6 +131,7 @@ def _read_only_runner():
     return None
 
 
+@pytest.mark.slow
 def test_read_only_index_folder(runner, images, index_dir, tmp_path):
     run_cli(runner, "index", str(images), *TINY)
     more = tmp_path / "more"

@@ -16,6 +16,8 @@ import pytest
 from conftest import make_images, run_cli
 from test_invariants import stored
 
+pytestmark = pytest.mark.slow  # every test here starts `clipdex index` processes
+
 INDEX_ARGS = [
     "--model",
     "clipdex-tiny",

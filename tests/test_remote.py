@@ -176,6 +176,7 @@ def test_transient_errors_are_retried_and_permanent_ones_recorded(
     assert len(denied) == 2 and all(e.startswith("access denied") for e in denied.values())
 
 
+@pytest.mark.slow
 def test_killed_run_resumes(bucket, endpoint, tmp_path):
     _, name = bucket
     index_dir = tmp_path / "index"
