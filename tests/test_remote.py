@@ -165,12 +165,20 @@ def test_transient_errors_are_retried_and_permanent_ones_recorded(
     monkeypatch.setattr(
         fetch.FileSystems, "for_uri", lambda self, uri: Faulty(real_for_uri(self, uri))
     )
-    monkeypatch.setattr(fetch, "RetryPolicy", functools.partial(fetch.RetryPolicy, base_s=0.01))
+    delays: list[int] = []
+
+    class QuickRetry(fetch.RetryPolicy):
+        def delay(self, attempt: int) -> float:
+            delays.append(attempt)
+            return 0.0
+
+    monkeypatch.setattr(fetch, "RetryPolicy", QuickRetry)
     with clipdex.open_index(index_dir) as index:
         report = index.add(f"s3://{name}/2024", model=TINY_SPEC, endpoint_url=endpoint)
         failures = dict(index.catalog.failures())
     flaky = [p for p in attempts if p.endswith(("0.png", "1.png")) and "fake" not in p]
     assert flaky and all(attempts[p] == 3 for p in flaky)  # two failures, then success
+    assert sorted(delays) == [0] * len(flaky) + [1] * len(flaky)  # the patched policy waited
     assert report.failed == 3
     denied = {u: e for u, e in failures.items() if "img0005" in u or "img0006" in u}
     assert len(denied) == 2 and all(e.startswith("access denied") for e in denied.values())
