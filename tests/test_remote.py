@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import io
 import os
 import re
@@ -262,14 +261,13 @@ def test_index_a_list_of_http_urls(runner, http_folder, tmp_path, images):
     assert "2 removed" in out and "5 unchanged" in out
 
 
-def test_uri_handling_for_other_stores():
+def test_uri_handling_for_other_stores(monkeypatch):
     assert scheme_of("gs://bucket/a/b.jpg") == "gs" and scheme_of("az://c/p") == "az"
     assert scheme_of("/local/path") is None and scheme_of("file.jpg") is None
     assert strip_scheme("gs://bucket/a/b.jpg") == "bucket/a/b.jpg"
     assert strip_scheme("https://host/x.jpg") == "https://host/x.jpg"
     for uri, package, extra in (("gs://b/p", "gcsfs", "gcs"), ("az://c/p", "adlfs", "azure")):
-        if importlib.util.find_spec(package) is not None:
-            continue  # installed: nothing to refuse
+        monkeypatch.setitem(sys.modules, package, None)  # not installed, even where it is
         with pytest.raises(SourceError, match=re.escape(f"pip install 'clipdex[{extra}]'")):
             filesystem(uri)
 
