@@ -69,8 +69,8 @@ def test_kill_9_while_saving_keeps_the_previous_run(runner, small, index_dir):
     script = textwrap.dedent(f"""
         import os, signal
         import clipdex
-        from clipdex.search import zero_shot
-        from clipdex.search.labels import parse_labels
+        from clipdex.classify import runs as zero_shot
+        from clipdex.classify.labels import parse_labels
 
         columns = zero_shot.Classification.columns
 
