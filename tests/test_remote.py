@@ -27,6 +27,8 @@ moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
 
 TINY_SPEC = ModelSpec("clipdex-tiny")
+#: Images in a fresh bucket (img0000..): enough for every key the tests name.
+COUNT = 40
 
 
 def png_bytes(seed: int) -> bytes:
@@ -60,17 +62,21 @@ def endpoint():
 
 @pytest.fixture
 def bucket(endpoint, request):
-    """A fresh bucket with 200 images under nested prefixes, and some non-images."""
+    """A fresh bucket with COUNT images under nested prefixes, and some non-images."""
     s3 = boto3.client("s3", endpoint_url=endpoint)
     name = "photos-" + request.node.name.replace("_", "-").lower()[:40]
     s3.create_bucket(Bucket=name)
-    for i in range(200):
-        key = f"2024/{i % 4:02d}/{'deep/' if i % 3 == 0 else ''}img{i:04d}.png"
-        s3.put_object(Bucket=name, Key=key, Body=png_bytes(i))
+    put_images(s3, name, range(COUNT))
     s3.put_object(Bucket=name, Key="2024/notes.txt", Body=b"not an image")
     s3.put_object(Bucket=name, Key="2024/01/fake.png", Body=b"text pretending")
     s3.put_object(Bucket=name, Key="elsewhere/img.png", Body=png_bytes(999))
     return s3, name
+
+
+def put_images(s3, name: str, numbers) -> None:
+    for i in numbers:
+        key = f"2024/{i % 4:02d}/{'deep/' if i % 3 == 0 else ''}img{i:04d}.png"
+        s3.put_object(Bucket=name, Key=key, Body=png_bytes(i))
 
 
 def index_bucket(index, s3_uri, endpoint, **options):
@@ -80,13 +86,14 @@ def index_bucket(index, s3_uri, endpoint, **options):
 def test_index_a_bucket_prefix_and_search_it(runner, bucket, endpoint, index_dir):
     _, name = bucket
     out = run_cli(runner, "index", f"s3://{name}/2024/", "--endpoint-url", endpoint, *TINY).stdout
-    assert "201 added" in out and "1 failed" in out  # 200 images + the fake png; no .txt
+    assert f"{COUNT + 1} added" in out and "1 failed" in out  # the images, the fake png; no .txt
     paths = run_cli(runner, "search", "a red car", "-k", "5", "--format", "paths").stdout.split()
     assert len(paths) == 5 and all(p.startswith(f"s3://{name}/2024/") for p in paths)
     text = run_cli(runner, "status").stdout
-    assert "fake.png: not an image" in text and f"s3://{name}/2024  (bucket, 201 files" in text
+    assert "fake.png: not an image" in text
+    assert f"s3://{name}/2024  (bucket, {COUNT + 1} files" in text
     again = run_cli(runner, "index", f"s3://{name}/2024", "--endpoint-url", endpoint).stdout
-    assert "201 unchanged" in again and "0 embedded" in again
+    assert f"{COUNT + 1} unchanged" in again and "0 embedded" in again
 
 
 def test_deleted_overwritten_and_new_objects_are_counted_exactly(bucket, endpoint, index_dir):
@@ -104,9 +111,9 @@ def test_deleted_overwritten_and_new_objects_are_counted_exactly(bucket, endpoin
             s3.put_object(Bucket=name, Key=f"2024/new/n{i}.png", Body=png_bytes(7000 + i))
         report = index_bucket(index, f"s3://{name}/2024", endpoint)
         assert (report.added, report.updated, report.removed) == (7, 5, 10)
-        assert report.unchanged == 201 - 10 - 5
+        assert report.unchanged == COUNT + 1 - 10 - 5
         uris = {hit.uri for hit in index.search("x", k=500)}
-        assert len(uris) == 200 - 10 + 7
+        assert len(uris) == COUNT - 10 + 7
         assert f"s3://{name}/2024/00/deep/img0000.png" not in uris
 
 
@@ -185,7 +192,8 @@ def test_transient_errors_are_retried_and_permanent_ones_recorded(
 
 @pytest.mark.slow
 def test_killed_run_resumes(bucket, endpoint, tmp_path):
-    _, name = bucket
+    s3, name = bucket
+    put_images(s3, name, range(COUNT, 200))  # room to kill the run mid-way
     index_dir = tmp_path / "index"
     command = [
         sys.executable,
