@@ -22,7 +22,6 @@ def test_every_command_has_help_with_an_example(runner, name):
             assert param.help, f"{name} {param.name} lacks help"
 
 
-@pytest.mark.slow
 def test_help_is_instant_because_heavy_imports_are_lazy():
     code = "import sys, clipdex.cli; print(sorted(m for m in ('torch', 'open_clip', 'faiss', 'sqlalchemy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
