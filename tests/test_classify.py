@@ -65,10 +65,11 @@ def reference_classifier(names, templates) -> np.ndarray:
 
 @pytest.mark.parametrize("templates", ["openai", "simple", "none"])
 def test_label_vectors_equal_build_zero_shot_classifier(templates):
+    names = LABELS[:12]  # openai: 960 prompts, two flushes of <= 512, label 6 split by them
     embedder = Embedder(ModelSpec("clipdex-tiny"), precision="fp32")
-    _, ours = build_label_matrix(embedder, LabelSet(LABELS), templates)
+    _, ours = build_label_matrix(embedder, LabelSet(names), templates)
     _, template_list = load_templates(templates)
-    theirs = reference_classifier(LABELS, template_list)
+    theirs = reference_classifier(names, template_list)
     cosines = np.sum(ours * theirs, axis=1)
     assert cosines.min() >= 0.9999
 

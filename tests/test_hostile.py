@@ -21,6 +21,7 @@ def can_mount() -> bool:
     return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not can_mount(), reason="needs a private mount namespace for a tiny tmpfs")
 def test_disk_full_ends_cleanly_and_keeps_committed_batches(tmp_path):
     photos, index = tmp_path / "photos", tmp_path / "index"

@@ -107,12 +107,10 @@ def test_faiss_and_catalog_agree_after_deletes(runner, images, index_dir):
 def test_another_model_is_refused_with_both_names(runner, images, index_dir):
     run_cli(runner, "index", str(images), *TINY)
     before = stored(index_dir)
-    result = run_cli(
-        runner, "index", str(images), "--model", "RN50", "--pretrained", "none", expect=1
-    )
+    result = run_cli(runner, "index", str(images), "--model", "clipdex-tiny-96", expect=1)
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1
-    assert "clipdex-tiny" in message and "RN50" in message and "--rebuild" in message
+    assert "clipdex-tiny (" in message and "clipdex-tiny-96" in message and "--rebuild" in message
     after = stored(index_dir)
     assert before.keys() == after.keys()
 
@@ -126,15 +124,13 @@ def test_rebuild_with_another_model_starts_over(runner, tmp_path, index_dir):
         "index",
         str(folder),
         "--model",
-        "RN50",
-        "--pretrained",
-        "none",
+        "clipdex-tiny-96",
         "--rebuild",
         "--batch-size",
         "4",
     )
     data = json.loads(run_cli(runner, "status", "--format", "json").stdout)
-    assert data["model"]["name"] == "RN50" and data["model"]["dim"] == 1024
+    assert data["model"]["name"] == "clipdex-tiny-96" and data["model"]["dim"] == 96
     assert data["images"] == 4 and data["index_vectors"] == 4
     assert len(json.loads(run_cli(runner, "search", "x", "--format", "json").stdout)) == 4
 

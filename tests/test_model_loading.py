@@ -44,8 +44,9 @@ def test_checkpoint_identity_is_its_sha256_and_it_loads(runner, tmp_path, index_
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
-    other = Embedder(ModelSpec("RN50", pretrained="none"), precision="fp32")
-    checkpoint = tmp_path / "rn50.pt"
+    other = Embedder(ModelSpec("clipdex-tiny-96"), precision="fp32")
+    assert other.identity.dim == 96
+    checkpoint = tmp_path / "tiny96.pt"
     torch.save(other.model.state_dict(), checkpoint)
     with pytest.raises(ModelLoadError, match="does not fit architecture clipdex-tiny"):
         Embedder(ModelSpec("clipdex-tiny", checkpoint=str(checkpoint)))

@@ -44,7 +44,6 @@ def kept(data: dict) -> tuple:
 # -- 1: a failed --rebuild with another model ---------------------------------------------
 
 
-@pytest.mark.slow
 def test_failed_rebuild_with_another_model_keeps_the_index(runner, tmp_path, index_dir):
     make_images(tmp_path / "p", 6)
     make_images(tmp_path / "q", 4, seed=1)
@@ -93,7 +92,6 @@ def test_a_first_run_whose_model_fails_leaves_no_index_folder(runner, tmp_path, 
 # -- 2: reads check the weights they load --------------------------------------------------
 
 
-@pytest.mark.slow
 def test_search_refuses_a_checkpoint_that_changed_after_indexing(runner, tmp_path, index_dir):
     make_images(tmp_path / "p", 5)
     checkpoint = tiny_checkpoint(tmp_path / "ck.pt", seed=1)
@@ -127,7 +125,6 @@ def test_a_loaded_checkpoint_stays_valid_when_the_file_changes(tmp_path, index_d
 # -- 11: a long-lived Index follows other writers -----------------------------------------
 
 
-@pytest.mark.slow
 def test_a_long_lived_index_sees_images_another_writer_added(tmp_path, index_dir):
     make_images(tmp_path / "p", 20)
     with Index(index_dir) as writer:
@@ -153,7 +150,6 @@ def test_a_long_lived_index_sees_images_another_writer_added(tmp_path, index_dir
     reader.close()
 
 
-@pytest.mark.slow
 def test_threads_share_one_index_while_another_writer_adds(tmp_path, index_dir):
     make_images(tmp_path / "p", 10)
     with Index(index_dir) as writer:

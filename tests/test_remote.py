@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import importlib.util
 import io
 import os
 import re
@@ -28,6 +27,8 @@ moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
 
 TINY_SPEC = ModelSpec("clipdex-tiny")
+#: Images in a fresh bucket (img0000..): enough for every key the tests name.
+COUNT = 40
 
 
 def png_bytes(seed: int) -> bytes:
@@ -61,17 +62,21 @@ def endpoint():
 
 @pytest.fixture
 def bucket(endpoint, request):
-    """A fresh bucket with 200 images under nested prefixes, and some non-images."""
+    """A fresh bucket with COUNT images under nested prefixes, and some non-images."""
     s3 = boto3.client("s3", endpoint_url=endpoint)
     name = "photos-" + request.node.name.replace("_", "-").lower()[:40]
     s3.create_bucket(Bucket=name)
-    for i in range(200):
-        key = f"2024/{i % 4:02d}/{'deep/' if i % 3 == 0 else ''}img{i:04d}.png"
-        s3.put_object(Bucket=name, Key=key, Body=png_bytes(i))
+    put_images(s3, name, range(COUNT))
     s3.put_object(Bucket=name, Key="2024/notes.txt", Body=b"not an image")
     s3.put_object(Bucket=name, Key="2024/01/fake.png", Body=b"text pretending")
     s3.put_object(Bucket=name, Key="elsewhere/img.png", Body=png_bytes(999))
     return s3, name
+
+
+def put_images(s3, name: str, numbers) -> None:
+    for i in numbers:
+        key = f"2024/{i % 4:02d}/{'deep/' if i % 3 == 0 else ''}img{i:04d}.png"
+        s3.put_object(Bucket=name, Key=key, Body=png_bytes(i))
 
 
 def index_bucket(index, s3_uri, endpoint, **options):
@@ -81,13 +86,14 @@ def index_bucket(index, s3_uri, endpoint, **options):
 def test_index_a_bucket_prefix_and_search_it(runner, bucket, endpoint, index_dir):
     _, name = bucket
     out = run_cli(runner, "index", f"s3://{name}/2024/", "--endpoint-url", endpoint, *TINY).stdout
-    assert "201 added" in out and "1 failed" in out  # 200 images + the fake png; no .txt
+    assert f"{COUNT + 1} added" in out and "1 failed" in out  # the images, the fake png; no .txt
     paths = run_cli(runner, "search", "a red car", "-k", "5", "--format", "paths").stdout.split()
     assert len(paths) == 5 and all(p.startswith(f"s3://{name}/2024/") for p in paths)
     text = run_cli(runner, "status").stdout
-    assert "fake.png: not an image" in text and f"s3://{name}/2024  (bucket, 201 files" in text
+    assert "fake.png: not an image" in text
+    assert f"s3://{name}/2024  (bucket, {COUNT + 1} files" in text
     again = run_cli(runner, "index", f"s3://{name}/2024", "--endpoint-url", endpoint).stdout
-    assert "201 unchanged" in again and "0 embedded" in again
+    assert f"{COUNT + 1} unchanged" in again and "0 embedded" in again
 
 
 def test_deleted_overwritten_and_new_objects_are_counted_exactly(bucket, endpoint, index_dir):
@@ -105,9 +111,9 @@ def test_deleted_overwritten_and_new_objects_are_counted_exactly(bucket, endpoin
             s3.put_object(Bucket=name, Key=f"2024/new/n{i}.png", Body=png_bytes(7000 + i))
         report = index_bucket(index, f"s3://{name}/2024", endpoint)
         assert (report.added, report.updated, report.removed) == (7, 5, 10)
-        assert report.unchanged == 201 - 10 - 5
+        assert report.unchanged == COUNT + 1 - 10 - 5
         uris = {hit.uri for hit in index.search("x", k=500)}
-        assert len(uris) == 200 - 10 + 7
+        assert len(uris) == COUNT - 10 + 7
         assert f"s3://{name}/2024/00/deep/img0000.png" not in uris
 
 
@@ -165,19 +171,29 @@ def test_transient_errors_are_retried_and_permanent_ones_recorded(
     monkeypatch.setattr(
         fetch.FileSystems, "for_uri", lambda self, uri: Faulty(real_for_uri(self, uri))
     )
-    monkeypatch.setattr(fetch, "RetryPolicy", functools.partial(fetch.RetryPolicy, base_s=0.01))
+    delays: list[int] = []
+
+    class QuickRetry(fetch.RetryPolicy):
+        def delay(self, attempt: int) -> float:
+            delays.append(attempt)
+            return 0.0
+
+    monkeypatch.setattr(fetch, "RetryPolicy", QuickRetry)
     with clipdex.open_index(index_dir) as index:
         report = index.add(f"s3://{name}/2024", model=TINY_SPEC, endpoint_url=endpoint)
         failures = dict(index.catalog.failures())
     flaky = [p for p in attempts if p.endswith(("0.png", "1.png")) and "fake" not in p]
     assert flaky and all(attempts[p] == 3 for p in flaky)  # two failures, then success
+    assert sorted(delays) == [0] * len(flaky) + [1] * len(flaky)  # the patched policy waited
     assert report.failed == 3
     denied = {u: e for u, e in failures.items() if "img0005" in u or "img0006" in u}
     assert len(denied) == 2 and all(e.startswith("access denied") for e in denied.values())
 
 
+@pytest.mark.slow
 def test_killed_run_resumes(bucket, endpoint, tmp_path):
-    _, name = bucket
+    s3, name = bucket
+    put_images(s3, name, range(COUNT, 200))  # room to kill the run mid-way
     index_dir = tmp_path / "index"
     command = [
         sys.executable,
@@ -227,7 +243,7 @@ def http_folder(tmp_path):
     make_images(folder, 6)
     handler = functools.partial(QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield folder, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -253,14 +269,13 @@ def test_index_a_list_of_http_urls(runner, http_folder, tmp_path, images):
     assert "2 removed" in out and "5 unchanged" in out
 
 
-def test_uri_handling_for_other_stores():
+def test_uri_handling_for_other_stores(monkeypatch):
     assert scheme_of("gs://bucket/a/b.jpg") == "gs" and scheme_of("az://c/p") == "az"
     assert scheme_of("/local/path") is None and scheme_of("file.jpg") is None
     assert strip_scheme("gs://bucket/a/b.jpg") == "bucket/a/b.jpg"
     assert strip_scheme("https://host/x.jpg") == "https://host/x.jpg"
     for uri, package, extra in (("gs://b/p", "gcsfs", "gcs"), ("az://c/p", "adlfs", "azure")):
-        if importlib.util.find_spec(package) is not None:
-            continue  # installed: nothing to refuse
+        monkeypatch.setitem(sys.modules, package, None)  # not installed, even where it is
         with pytest.raises(SourceError, match=re.escape(f"pip install 'clipdex[{extra}]'")):
             filesystem(uri)
 

@@ -138,7 +138,7 @@ def serve(tmp_path):
         server = http.server.ThreadingHTTPServer(
             ("127.0.0.1", 0), functools.partial(handler, directory=str(folder))
         )
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -152,7 +152,6 @@ def index_list(index, urls: Path, names: list[str], base: str, **options):
     return index.add(urls, from_list=True, **options)
 
 
-@pytest.mark.slow
 def test_objects_without_validators_never_share_vectors(serve, tmp_path, index_dir):
     served = tmp_path / "served"
     bmp(served / "a.bmp", "red", size=64)
@@ -169,7 +168,6 @@ def test_objects_without_validators_never_share_vectors(serve, tmp_path, index_d
         assert nearest(index, served / "a.bmp") == (f"{base}/a.bmp", pytest.approx(1, abs=1e-3))
 
 
-@pytest.mark.slow
 def test_last_modified_is_a_version_not_a_content_identity(serve, tmp_path, index_dir):
     served = tmp_path / "served"
     for name, color in (("a.bmp", "red"), ("b.bmp", "blue")):
@@ -186,7 +184,6 @@ def test_last_modified_is_a_version_not_a_content_identity(serve, tmp_path, inde
         assert nearest(index, served / "a.bmp")[0] == f"{base}/a.bmp"
 
 
-@pytest.mark.slow
 def test_content_md5_identifies_copies(serve, tmp_path, index_dir):
     served = tmp_path / "served"
     bmp(served / "a.bmp", "red", size=64)

@@ -22,6 +22,7 @@ def pairs_csv(tmp_path_factory):
     return write_pairs(tmp_path_factory.mktemp("pairs"), per_combo=8, size=32)
 
 
+@pytest.mark.slow
 def test_training_lowers_validation_loss_and_raises_recall(pairs_csv, tmp_path):
     pairs = load_pairs(pairs_csv)
     assert len(pairs) == 8 * 40 and len({p.group for p in pairs}) == 40
@@ -37,6 +38,7 @@ def test_training_lowers_validation_loss_and_raises_recall(pairs_csv, tmp_path):
     assert (tmp_path / "tuned.pt").is_file() and (tmp_path / "tuned.pt.state").is_file()
 
 
+@pytest.mark.slow
 def test_finetuned_checkpoint_indexes_and_is_recorded_by_sha256(runner, pairs_csv, tmp_path):
     out = tmp_path / "m.pt"
     run_cli(
@@ -60,6 +62,7 @@ def test_finetuned_checkpoint_indexes_and_is_recorded_by_sha256(runner, pairs_cs
     assert status["model"]["weights"].startswith("sha256:")
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_last_epoch(pairs_csv, tmp_path):
     out = tmp_path / "r.pt"
     command = [

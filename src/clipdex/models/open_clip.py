@@ -8,6 +8,7 @@ open_clip are imported lazily, inside functions, so that importing clipdex (and
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import pickle
 import sys
@@ -44,7 +45,6 @@ class Embedder:
         device: str = DEFAULT_DEVICE,
         precision: str = DEFAULT_PRECISION,
     ):
-        import open_clip
         import torch
 
         self.spec = spec
@@ -59,7 +59,7 @@ class Embedder:
         if spec.checkpoint and "sha256:" + file_sha256(pretrained) != weights:
             raise ModelLoadError(f"checkpoint {pretrained} changed while it was loaded; try again")
         self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(spec.name)
+        self.tokenizer = _tokenizer(spec.name)
         with torch.no_grad():
             probe = self.model.encode_text(self.tokenizer(["a"]).to(self.device))
         self.identity = ModelIdentity(
@@ -110,6 +110,16 @@ class Embedder:
     def image_vector(self, image) -> np.ndarray:
         """Encode one PIL image with the model's own preprocessing."""
         return self.encode_images(self.preprocess(image).unsqueeze(0))[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(name: str):
+    """open_clip's tokenizer for an architecture, made once a process: reading its BPE
+    vocabulary is most of the time a tiny model takes to load. Tokenizers keep no state
+    between calls but a memo of words, so Embedders can share one."""
+    import open_clip
+
+    return open_clip.get_tokenizer(name)
 
 
 def _normalised(features: torch.Tensor) -> np.ndarray:
