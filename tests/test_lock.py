@@ -45,3 +45,35 @@ def test_wait_blocks_until_the_writer_is_done(runner, images, index_dir):
         lock.release()
     waiter.join(timeout=120)
     assert "50 unchanged" in result["out"]
+
+
+def test_is_locked_sees_a_writer_in_this_process_and_in_another(tmp_path):
+    import subprocess
+    import sys
+
+    from clipdex.storage.lock import is_locked
+
+    assert not is_locked(tmp_path)
+    with WriterLock(tmp_path):
+        assert is_locked(tmp_path)
+        assert is_locked(tmp_path)  # probing drops nothing
+    assert not is_locked(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from clipdex.storage.lock import "
+            "WriterLock; WriterLock(Path(sys.argv[1])).acquire(); print('held', flush=True); "
+            "time.sleep(30)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert is_locked(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not is_locked(tmp_path)

@@ -116,18 +116,22 @@ def same_model(stored: ModelIdentity, spec: ModelSpec) -> bool:
 def check_same_identity(stored: ModelIdentity, loaded: ModelIdentity) -> None:
     """Refuse vectors of one model next to another's, naming both."""
     if stored != loaded:
-        raise ModelMismatchError(
-            f"this index was built with {stored.describe()}, not {loaded.describe()}; "
-            "use the index's own model, or start over with a rebuild or another index folder",
-            hint="other_model",
-        )
+        raise _mismatch(stored, loaded.describe())
 
 
 def check_same_model(stored: ModelIdentity, spec: ModelSpec) -> None:
-    """`same_model`, or ModelMismatchError naming both models."""
+    """`same_model`, or ModelMismatchError naming both models (without loading `spec`'s)."""
     if not same_model(stored, spec):
         _, weights = resolve_weights(spec)
-        check_same_identity(stored, ModelIdentity(spec.name, weights, stored.dim))
+        raise _mismatch(stored, f"{spec.name} ({weights})")
+
+
+def _mismatch(stored: ModelIdentity, other: str) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"this index was built with {stored.describe()}, not {other}; "
+        "use the index's own model, or start over with a rebuild or another index folder",
+        hint="other_model",
+    )
 
 
 __all__ = [

@@ -5,8 +5,6 @@ its kind."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from sqlalchemy import delete, func, select, update
 
 from clipdex.storage.catalog import CATALOG_FILE, Catalog
 from clipdex.storage.db import write
-from clipdex.storage.lock import LOCK_FILE
+from clipdex.storage.lock import is_locked
 from clipdex.storage.schema import Image, Vector
 from clipdex.storage.snapshot import Snapshot
 from clipdex.vectors import (
@@ -69,7 +67,7 @@ def check_index(folder: Path, catalog: Catalog, repair: bool = False) -> CheckRe
             report.problems.append("the catalog holds vectors but no model identity")
             report.advice.append("delete the index folder and index the sources again")
         saved = _saved_count(folder)
-        if not repair and _run_in_progress(folder):  # before its first batch
+        if not repair and is_locked(folder):  # before its first batch
             report.notes.append("an index run is in progress; check again when it ends")
         elif saved and not counts["ok"]:
             report.problems.append(
@@ -156,7 +154,7 @@ def _check_faiss(
             problem = _compare(loaded, snapshot)
     if problem is None:
         return
-    if behind and not repair and _run_in_progress(folder):
+    if behind and not repair and is_locked(folder):
         report.notes.append(
             f"an index run is in progress and {INDEX_FILE} {behind}; check again when the run ends"
         )
@@ -175,23 +173,6 @@ def _saved_count(folder: Path) -> int:
     """How many vectors the saved FAISS file holds, per its sidecar (0 if none)."""
     sidecar = read_sidecar(folder / SIDECAR_FILE)
     return sidecar["ntotal"] if sidecar and (folder / INDEX_FILE).is_file() else 0
-
-
-def _run_in_progress(folder: Path) -> bool:
-    """Does a writer hold the index's lock? Probed with a shared lock, released at once."""
-    try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # closing releases a lock we took
-    return False
 
 
 def _compare(store: VectorStore, catalog: Snapshot) -> str | None:
