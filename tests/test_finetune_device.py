@@ -80,6 +80,7 @@ def pairs(tmp_path_factory):
     return load_pairs(write_pairs(tmp_path_factory.mktemp("pairs"), per_combo=2, size=32))
 
 
+@pytest.mark.slow
 def test_finetune_moves_batches_to_the_models_device_and_back(pairs, tmp_path, monkeypatch):
     monkeypatch.setattr(finetune_module, "Embedder", FakeGpuEmbedder)
     out = tmp_path / "tuned.pt"
