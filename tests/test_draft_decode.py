@@ -215,3 +215,34 @@ def test_demo_model_vectors_and_zero_shot_labels_agree_on_large_renders(tmp_path
     print(f"demo model, draft vs full decode: min cosine {cosines.min():.5f}")
     assert cosines.min() >= 0.995
     assert results["fast"][1] == results["exact"][1]
+
+
+def test_both_pipelines_decode_at_the_size_asked_for(tmp_path):
+    """Worker processes (local files) and fetch threads (remote objects) alike."""
+    from clipdex.indexer.fetch_pipeline import fetch_batches
+    from clipdex.indexer.pipeline import decode_batches
+    from clipdex.sources.local import FileEntry
+
+    big, small = tmp_path / "big.jpg", tmp_path / "small.jpg"
+    big.write_bytes(_jpeg(1200, 900, orientation=8))
+    small.write_bytes(_jpeg(100, 80))
+    entries = [FileEntry(str(p), p.stat().st_size, 0) for p in (big, small)]
+    sizes = []
+
+    def preprocess(image):
+        import torch
+
+        sizes.append(image.size)
+        return torch.zeros(3, 2, 2)
+
+    for decode_size, expected in ((64, ["draft", "exact"]), (None, ["exact", "exact"])):
+        sizes.clear()
+        local = next(decode_batches(entries, preprocess, workers=0, decode_size=decode_size))
+        fetched = next(
+            fetch_batches(entries, lambda uri: None, preprocess, decode_size=decode_size)
+        )
+        for batch in (local, fetched):
+            assert [item.decode for item in batch.items] == expected
+            assert [(item.width, item.height) for item in batch.items] == [(900, 1200), (100, 80)]
+        drafted = (113, 150) if decode_size else (900, 1200)  # 1/8 scale, then upright
+        assert sorted(sizes) == sorted([drafted, (100, 80)] * 2)  # threads: any order
