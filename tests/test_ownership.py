@@ -170,7 +170,8 @@ def test_migration_links_every_image_to_its_source(runner, tmp_path, index_dir):
     run_cli(runner, "index", str(photos), *TINY)
     db = sqlite3.connect(index_dir / "catalog.sqlite")
     db.executescript(
-        "DROP TABLE image_sources; UPDATE meta SET value = '2' WHERE key = 'schema_version';"
+        "DROP TABLE image_sources; ALTER TABLE images DROP COLUMN decode;"
+        "UPDATE meta SET value = '2' WHERE key = 'schema_version';"
     )
     db.close()
     out = run_cli(runner, "index", str(photos)).stdout

@@ -89,6 +89,36 @@ def draw_shape(colour: str, shape: str, size: int = 128, seed: int = 0):
     return image
 
 
+def draw_photo(width: int = 4000, height: int = 3000, seed: int = 0):
+    """A camera-like picture (benchmarks, decode fidelity): smooth gradients, shapes at
+    several scales with soft edges, and sensor noise; save it as JPEG at quality ~90."""
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
+    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
+    channels = []
+    for _ in range(3):
+        a, b, c = rng.uniform(-90, 90, size=3)
+        fx, fy, phase = rng.uniform(1, 6), rng.uniform(1, 6), rng.uniform(0, 6.3)
+        wave = np.sin(fx * 6.3 * x + phase) * np.cos(fy * 6.3 * y)
+        channels.append(np.clip(128 + a * x + b * y + c * 0.4 * wave, 0, 255).astype(np.uint8))
+    image = Image.fromarray(np.dstack(channels), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(40):
+        r = float(rng.uniform(0.01, 0.2)) * min(width, height)
+        cx, cy = float(rng.uniform(0, width)), float(rng.uniform(0, height))
+        fill = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        box = (cx - r, cy - r, cx + r, cy + r * float(rng.uniform(0.5, 1.5)))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    image = image.filter(ImageFilter.GaussianBlur(1.2))  # optics: no hard aliased edges
+    pixels = np.asarray(image, dtype=np.int16)
+    noise = rng.normal(0, 4, size=(height, width, 1)).astype(np.int16)  # luminance noise
+    noise = noise + rng.normal(0, 2, size=(height, width, 3)).astype(np.int16)
+    return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8), "RGB")
+
+
 def write_samples(
     folder: str | Path, count: int = 200, seed: int = 0, size: int = 128
 ) -> list[Sample]:

@@ -239,6 +239,7 @@ class Index:
         endpoint_url: str | None = None,
         fetch_workers: int = DEFAULT_FETCH_WORKERS,
         follow_symlinks: bool = False,
+        exact_decode: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
         """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
@@ -264,6 +265,9 @@ class Index:
             fetch_workers: threads fetching remote objects.
             follow_symlinks: follow symbolic links inside a folder (to files or folders;
                 never looping); skipped otherwise.
+            exact_decode: decode every image at full size, for open_clip's preprocessing
+                bit for bit; by default large images are decoded at twice the model's
+                input size (JPEG DCT scaling, exact integer box filters), much faster.
             on_progress: called as on_progress(phase, done, total).
         """
         try:
@@ -305,6 +309,7 @@ class Index:
                 allow_empty=allow_empty,
                 verify=verify,
                 fetch_workers=fetch_workers,
+                exact_decode=exact_decode,
             )
             return index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress

@@ -40,6 +40,9 @@ class IndexStatus:
     index_load: LoadReport | None
     classify_run: int | None = None
     label_counts: list[tuple[str, int]] = field(default_factory=list)
+    #: Embedded images by how the model saw them: "exact" (full decode), "draft" (decoded
+    #: smaller), "unknown" (embedded before clipdex recorded it).
+    decode: dict[str, int] = field(default_factory=dict)
 
 
 def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
@@ -65,6 +68,7 @@ def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
         index_load=index.load_report,
         classify_run=run_id,
         label_counts=label_counts,
+        decode=catalog.decode_counts(),
     )
 
 

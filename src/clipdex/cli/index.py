@@ -64,6 +64,12 @@ def model_spec(model: str | None, pretrained: str | None, checkpoint: Path | Non
     is_flag=True,
     help="Also re-fingerprint files whose size and mtime did not change.",
 )
+@click.option(
+    "--exact-decode",
+    is_flag=True,
+    help="Decode every image at full size (open_clip's preprocessing bit for bit); "
+    "by default large images are decoded at twice the model's input size, much faster.",
+)
 @wait_option()
 @handle_errors
 def index_command(

@@ -12,8 +12,8 @@ from typing import Any
 
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS
 from clipdex.errors import ImageDecodeError
-from clipdex.indexer.pipeline import Batch, Decoded, collate
-from clipdex.media.decode import DEFAULT_MAX_PIXELS, load_image
+from clipdex.indexer.pipeline import Batch, Decoded, collate, decoded
+from clipdex.media.decode import DEFAULT_MAX_PIXELS, load_image_for
 from clipdex.sources.fetch import MAX_OBJECT_BYTES, RetryPolicy, fetch_bytes
 from clipdex.sources.fingerprint import fingerprint_bytes
 from clipdex.sources.local import FileEntry
@@ -28,8 +28,10 @@ def fetch_batches(
     max_bytes_in_flight: int = 512 * 1024 * 1024,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     retry: RetryPolicy | None = None,
+    decode_size: int | None = None,
 ) -> Iterator[Batch]:
-    """Yield batches in the order of `entries`; fetching overlaps the caller's embedding."""
+    """Yield batches in the order of `entries`; fetching overlaps the caller's embedding.
+    With `decode_size`, images are decoded no smaller than that on their short side."""
 
     def work(entry: FileEntry) -> tuple[Decoded, Any]:
         fingerprint = entry.stored_fingerprint
@@ -43,15 +45,15 @@ def fetch_batches(
         # content itself is the fingerprint.
         fingerprint = fingerprint or fingerprint_bytes(data)
         try:
-            image, fmt = load_image(data, max_pixels)
-            pixels = preprocess(image)
+            loaded = load_image_for(data, max_pixels, decode_size)
+            pixels = preprocess(loaded.image)
         except ImageDecodeError as exc:
             return Decoded(entry, error=str(exc), fingerprint=fingerprint), None
         except Exception as exc:  # a transform failing on a legal image is still one file
             return Decoded(
                 entry, error=f"preprocessing failed: {exc}", fingerprint=fingerprint
             ), None
-        return Decoded(entry, image.width, image.height, fmt, None, fingerprint), pixels
+        return decoded(entry, loaded, fingerprint), pixels
 
     pending: deque[tuple[FileEntry, Future]] = deque()
     in_flight = 0

@@ -1,7 +1,8 @@
 """Parallel decode and preprocess in worker processes, batched for the embedder.
 
-A torch DataLoader runs `load_image` + the model's preprocessing in `workers` processes
-and hands the main process ready batches; a file that fails to decode travels through the
+A torch DataLoader runs `load_image_for` + the model's preprocessing in `workers` processes
+and hands the main process ready batches (with `decode_size`, decoded no larger than the
+model needs: media/decode.py); a file that fails to decode travels through the
 batch as a failure with its reason, so one bad file never stops a run.
 """
 
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
 from clipdex.errors import ImageDecodeError
-from clipdex.media.decode import DEFAULT_MAX_PIXELS, load_image
+from clipdex.media.decode import DEFAULT_MAX_PIXELS, LoadedImage, load_image_for
 from clipdex.sources.fingerprint import read_fingerprinted
 from clipdex.sources.local import FileEntry
 
@@ -29,7 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class Decoded:
-    """One file after decoding: image size and format, or the reason it failed."""
+    """One file after decoding: image size and format, or the reason it failed; `decode`
+    says whether the model saw the full decode ("exact") or a smaller one ("draft")."""
 
     entry: FileEntry
     width: int | None = None
@@ -37,6 +39,7 @@ class Decoded:
     format: str | None = None
     error: str | None = None
     fingerprint: str | None = None
+    decode: str | None = None
 
 
 @dataclass
@@ -49,10 +52,17 @@ class Batch:
 class _DecodeDataset:
     """Map-style dataset: index -> (Decoded, pixels or None)."""
 
-    def __init__(self, entries: Sequence[FileEntry], preprocess: Callable, max_pixels: int):
+    def __init__(
+        self,
+        entries: Sequence[FileEntry],
+        preprocess: Callable,
+        max_pixels: int,
+        decode_size: int | None = None,
+    ):
         self.entries = entries
         self.preprocess = preprocess
         self.max_pixels = max_pixels
+        self.decode_size = decode_size
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -61,14 +71,21 @@ class _DecodeDataset:
         entry = self.entries[position]
         content, readable = read_fingerprinted(entry.uri)  # the bytes hashed are decoded
         try:
-            image, source_format = load_image(readable, self.max_pixels)
+            loaded = load_image_for(readable, self.max_pixels, self.decode_size)
         except ImageDecodeError as exc:
             return Decoded(entry, error=str(exc), fingerprint=content), None
         try:
-            pixels = self.preprocess(image)
+            pixels = self.preprocess(loaded.image)
         except Exception as exc:  # a transform failing on a legal image is still one file
             return Decoded(entry, error=f"preprocessing failed: {exc}", fingerprint=content), None
-        return Decoded(entry, image.width, image.height, source_format, None, content), pixels
+        return decoded(entry, loaded, content), pixels
+
+
+def decoded(entry: FileEntry, loaded: LoadedImage, fingerprint: str | None) -> Decoded:
+    """The Decoded of an image that loaded."""
+    return Decoded(
+        entry, loaded.width, loaded.height, loaded.format, None, fingerprint, loaded.decode
+    )
 
 
 def collate(samples: list[tuple[Decoded, Any]]) -> Batch:
@@ -86,8 +103,10 @@ def decode_batches(
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = DEFAULT_WORKERS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode_size: int | None = None,
 ) -> Iterator[Batch]:
-    """Yield batches of decoded, preprocessed images in the order of `entries`."""
+    """Yield batches of decoded, preprocessed images in the order of `entries`; with
+    `decode_size`, images are decoded no smaller than that on their short side."""
     from torch.utils.data import DataLoader
 
     if not entries:
@@ -95,7 +114,7 @@ def decode_batches(
     # Starting worker processes costs more than decoding a couple of batches.
     workers = workers if len(entries) > 2 * batch_size else 0
     loader = DataLoader(
-        _DecodeDataset(entries, preprocess, max_pixels),
+        _DecodeDataset(entries, preprocess, max_pixels, decode_size),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

@@ -62,6 +62,9 @@ class RunOptions:
     allow_empty: bool = False
     verify: bool = False
     fetch_workers: int = DEFAULT_FETCH_WORKERS
+    #: Decode every image at full size: open_clip's preprocessing bit for bit, slower on
+    #: large photos. Otherwise images are decoded at the size the model needs.
+    exact_decode: bool = False
 
 
 def index_source(
@@ -173,7 +176,7 @@ def _reuse_vectors(catalog: Catalog, source_id: int, reuse: list[Reuse]) -> None
         copies = catalog.scan.copies_of([item.from_id for item in chunk])
         records = []
         for item in chunk:
-            vector, width, height, fmt = copies[item.from_id]
+            vector, width, height, fmt, decode = copies[item.from_id]
             entry = item.entry
             records.append(
                 ImageRecord(
@@ -185,6 +188,7 @@ def _reuse_vectors(catalog: Catalog, source_id: int, reuse: list[Reuse]) -> None
                     height=height,
                     format=fmt,
                     fingerprint=item.fingerprint,
+                    decode=decode,
                 )
             )
         catalog.write_batch(source_id, records)
@@ -223,6 +227,7 @@ def _embed_all(
 
 def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
     """Local files decode in worker processes; remote objects are fetched by threads."""
+    decode_size = None if options.exact_decode else getattr(embedder, "decode_size", None)
     if source.local:
         return decode_batches(
             plan.to_embed,
@@ -230,6 +235,7 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
             options.batch_size,
             options.workers,
             options.max_pixels,
+            decode_size,
         )
     return fetch_batches(
         plan.to_embed,
@@ -238,6 +244,7 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
         options.batch_size,
         options.fetch_workers,
         max_pixels=options.max_pixels,
+        decode_size=decode_size,
     )
 
 
@@ -256,6 +263,7 @@ def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:
             format=item.format,
             error=item.error,
             fingerprint=item.fingerprint,
+            decode=item.decode,
         )
         if item.error is None:
             record.vector = vectors[position]

@@ -8,8 +8,9 @@ import os
 import stat
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from clipdex.errors import ImageDecodeError
 
@@ -50,9 +51,36 @@ def sniff_format(header: bytes) -> str | None:
     return None
 
 
+@dataclass
+class LoadedImage:
+    """An upright RGB image and what it was decoded from.
+
+    `width` x `height` is the stored image's upright size, also when it was decoded
+    smaller; `decode` is "draft" when it was (JPEG DCT scaling or an integer box filter),
+    "exact" when the pixels are the full decode.
+    """
+
+    image: Any
+    format: str
+    width: int
+    height: int
+    decode: str
+
+
 def load_image(path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Open an image (a file path, or bytes already fetched) as (upright RGB PIL image,
-    source format), or raise ImageDecodeError with the reason."""
+    source format), or raise ImageDecodeError with the reason. Full size, exact pixels."""
+    loaded = load_image_for(path, max_pixels)
+    return loaded.image, loaded.format
+
+
+def load_image_for(
+    path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> LoadedImage:
+    """Like load_image; with `min_side`, decode smaller where that keeps the short side at
+    least `min_side` pixels: a JPEG through libjpeg's DCT scaling (1/2, 1/4, 1/8), other
+    formats through Image.reduce by a factor that divides both sides (an exact box filter).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -74,13 +102,28 @@ def load_image(path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
                     )
                 if image.format == "TIFF":
                     image.load()  # a TIFF parses (and applies) its EXIF while loading
+            drafted = False
+            if min_side and image.format in ("JPEG", "MPO"):
+                # A square request keeps both sides >= min_side whatever the orientation,
+                # so the EXIF transpose below cannot change the answer.
+                image.draft(image.mode, (min_side, min_side))
+                drafted = image.size != (width, height)
             image.load()  # pixels decode outside the lock, in parallel across threads
             with _pillow_quiet():
                 orientation = image.getexif().get(0x0112)
             source_format = image.format
             if isinstance(orientation, int) and orientation in ORIENTATIONS:
                 image = image.transpose(Image.Transpose[ORIENTATIONS[orientation]])
-            return to_rgb(image), source_format
+                if orientation >= 5:  # a quarter turn swaps the stored sides
+                    width, height = height, width
+            image = to_rgb(image)
+            if min_side and not drafted:
+                factor = box_factor(image.size, min_side)
+                if factor > 1:
+                    image = image.reduce(factor)
+                    drafted = True
+            decode = "draft" if drafted else "exact"
+            return LoadedImage(image, source_format, width, height, decode)
     except ImageDecodeError:
         raise
     except FileNotFoundError:
@@ -94,6 +137,16 @@ def load_image(path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageDecodeError(f"corrupt or truncated: {reason}") from None
+
+
+def box_factor(size: tuple[int, int], min_side: int) -> int:
+    """The largest integer factor that divides both sides and keeps the short side at
+    least `min_side` (1: none). Dividing both, Image.reduce averages whole blocks only."""
+    width, height = size
+    for factor in range(min(width, height) // min_side, 1, -1):
+        if width % factor == 0 and height % factor == 0:
+            return factor
+    return 1
 
 
 _quiet_lock = threading.Lock()

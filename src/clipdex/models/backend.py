@@ -24,6 +24,8 @@ class EmbeddingBackend(Protocol):
     preprocess: Callable[[Any], torch.Tensor]
     #: exp(logit scale): turns cosines into logits for zero-shot probabilities.
     logit_scale: float
+    #: The short side images are decoded at (at least) before `preprocess`; None: full size.
+    decode_size: int | None
 
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
         """A batch of preprocessed images (N, 3, H, W) -> (N, dim) unit vectors."""

@@ -76,6 +76,13 @@ class Embedder:
     def preprocess_cfg(self) -> dict[str, Any]:
         return dict(self.model.visual.preprocess_cfg)
 
+    @property
+    def decode_size(self) -> int:
+        """The short side an image needs to be decoded at for this model: twice its input
+        size, so decoding smaller (media/decode.py) stays within the pinned fidelity."""
+        size = self.preprocess_cfg.get("size") or self.model.visual.image_size
+        return 2 * (max(size) if isinstance(size, (tuple, list)) else int(size))
+
     def _autocast(self):
         import torch
 

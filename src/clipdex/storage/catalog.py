@@ -57,6 +57,8 @@ class ImageRecord:
     format: str | None = None
     error: str | None = None
     fingerprint: str | None = None
+    #: "exact" (the model saw the full decode), "draft" (a smaller decode), None: unknown.
+    decode: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -239,6 +241,7 @@ class Catalog:
                         r.error,
                         seq,
                         now,
+                        r.decode if r.ok else None,
                     )
                     for r in records
                 ],
@@ -320,6 +323,20 @@ class Catalog:
             vectors = conn.execute(select(func.count()).select_from(Vector)).scalar_one()
         return {"ok": rows.get("ok", 0), "failed": rows.get("failed", 0), "vectors": vectors}
 
+    def decode_counts(self) -> dict[str, int]:
+        """How many embedded images the model saw fully decoded ("exact") or decoded
+        smaller ("draft"); "unknown" counts those embedded before clipdex recorded it."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Image.decode, func.count())
+                .where(Image.status == "ok")
+                .group_by(Image.decode)
+            ).all()
+        counts = {"exact": 0, "draft": 0}
+        for decode, count in rows:
+            counts[decode or "unknown"] = counts.get(decode or "unknown", 0) + count
+        return counts
+
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:
         query = select(Image.uri, Image.error).where(Image.status == "failed").order_by(Image.uri)
         if limit is not None:
@@ -356,13 +373,14 @@ class Catalog:
 
 _UPSERT_IMAGE = """
 INSERT INTO images (source_id, uri, folder, size, mtime_ns, width, height, format, fingerprint,
-                    status, error, seq, indexed_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    status, error, seq, indexed_at, decode)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (uri) DO UPDATE SET
     folder = excluded.folder, size = excluded.size,
     mtime_ns = excluded.mtime_ns, width = excluded.width, height = excluded.height,
     format = excluded.format, fingerprint = excluded.fingerprint, status = excluded.status,
-    error = excluded.error, seq = excluded.seq, indexed_at = excluded.indexed_at
+    error = excluded.error, seq = excluded.seq, indexed_at = excluded.indexed_at,
+    decode = excluded.decode
 """
 
 

@@ -106,18 +106,20 @@ class ScanQueries:
 
     def copies_of(
         self, ids: list[int]
-    ) -> dict[int, tuple[np.ndarray, int | None, int | None, str | None]]:
-        """id -> (vector, width, height, format), to reuse for moved or copied files."""
+    ) -> dict[int, tuple[np.ndarray, int | None, int | None, str | None, str | None]]:
+        """id -> (vector, width, height, format, decode), to reuse for moved or copied
+        files."""
         out = {}
         with self.engine.connect() as conn:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = conn.exec_driver_sql(
-                    "SELECT i.id, v.vector, i.width, i.height, i.format FROM images i "
+                    "SELECT i.id, v.vector, i.width, i.height, i.format, i.decode FROM images i "
                     f"JOIN vectors v ON v.image_id = i.id WHERE i.id IN ({marks})",
                     tuple(chunk),
                 )
-                for image_id, blob, width, height, fmt in rows:
-                    out[image_id] = (np.frombuffer(blob, dtype="<f4").copy(), width, height, fmt)
+                for image_id, blob, width, height, fmt, decode in rows:
+                    vector = np.frombuffer(blob, dtype="<f4").copy()
+                    out[image_id] = (vector, width, height, fmt, decode)
         return out

@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -78,6 +78,9 @@ class Image(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     seq: Mapped[int] = mapped_column(Integer)  # change sequence of the last write
     indexed_at: Mapped[float] = mapped_column(Float)
+    #: How the model saw it: "exact" (full decode), "draft" (decoded smaller); None: failed,
+    #: or embedded before schema 4.
+    decode: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class ImageSource(Base):
@@ -186,8 +189,14 @@ def _add_image_sources(conn: Connection) -> None:
     )
 
 
+def _add_decode(conn: Connection) -> None:
+    """Version 4: whether an image was embedded from its full decode or a smaller one."""
+    conn.exec_driver_sql("ALTER TABLE images ADD COLUMN decode VARCHAR")
+
+
 #: MIGRATIONS[n] upgrades a catalog from schema version n to n + 1.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_classification_and_fingerprints,
     2: _add_image_sources,
+    3: _add_decode,
 }
