@@ -145,6 +145,8 @@ class Index:
             raise QueryError(f"k must be at least 1 (got {k})")
         if text is not None and not text.strip():
             raise QueryError("the query text is empty")
+        if min_score is not None and not -1.0 <= min_score <= 1.0:
+            raise QueryError(f"the minimum score is a cosine between -1 and 1 (got {min_score})")
         _ = self.vectors  # an empty index says so before any model loads
         among = None
         if label is not None:

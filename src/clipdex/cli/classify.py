@@ -90,6 +90,23 @@ def classify_command(
         raise click.ClickException(
             f"--threshold must be a cosine between -1 and 1 (got {threshold})"
         )
+    if per_label is not None:
+        ignored = [
+            flag
+            for flag, given in (
+                ("--top", top != 1),
+                ("--threshold", threshold is not None),
+                ("--only-new", only_new),
+                ("--no-save", no_save),
+            )
+            if given
+        ]
+        if ignored:
+            raise click.UsageError(
+                f"--per-label lists images per label; it does not combine with {', '.join(ignored)}"
+            )
+    if out is not None and not out.parent.resolve().is_dir():
+        raise click.ClickException(escape_control(f"cannot write {out}: no such folder"))
     labels = (
         parse_labels(labels_text, "--labels")
         if labels_text is not None

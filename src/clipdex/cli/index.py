@@ -17,14 +17,24 @@ from clipdex.cli.output import escape_control
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
 
 
-def model_spec(model: str | None, pretrained: str | None, checkpoint: Path | None):
-    """The ModelSpec the options ask for, or None (the index's own model) if none do."""
+def model_spec(
+    model: str | None,
+    pretrained: str | None,
+    checkpoint: Path | None,
+    index_model: str | None = None,
+):
+    """The ModelSpec the options ask for, or None (the index's own model) if none do.
+
+    Weights given without an architecture (`--checkpoint`, `--pretrained`) are for the
+    index's own architecture when it has one, else for the default model.
+    """
     from clipdex.models.builtin import DEFAULT_MODEL
     from clipdex.models.spec import ModelSpec
 
     if model is None and pretrained is None and checkpoint is None:
         return None
-    return ModelSpec(model or DEFAULT_MODEL, pretrained, str(checkpoint) if checkpoint else None)
+    name = model or index_model or DEFAULT_MODEL
+    return ModelSpec(name, pretrained, str(checkpoint) if checkpoint else None)
 
 
 @click.command("index")
@@ -91,9 +101,10 @@ def index_command(
 
     if not paths and not lists:
         raise click.UsageError("give a folder, file or uri to index, or --from-list FILE")
-    spec = model_spec(model, pretrained, checkpoint)
     targets = [(str(p), False) for p in paths] + [(str(p), True) for p in lists]
     with Index(index_dir, device=device, precision=precision) as index:
+        stored = index.model_identity() if index.exists else None
+        spec = model_spec(model, pretrained, checkpoint, stored.name if stored else None)
         for target, from_list in targets:
             with Progress(escape_control(target)) as progress:
                 report = index.add(

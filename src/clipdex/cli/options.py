@@ -130,10 +130,7 @@ HINTS = {
     "allow_empty": ("allow_empty", " (--allow-empty)"),
     "wait": ("wait", " (--wait)"),
     "rebuild": ("rebuild", " (--rebuild)"),
-    "other_model": (
-        "rebuild",
-        " (leave out --model, or start over with --rebuild or another --index folder)",
-    ),
+    "other_model": ("rebuild", " (that is: leave out --model, or --rebuild, or --index DIR)"),
     "checkpoint": ("checkpoint", " (--checkpoint FILE)"),
 }
 

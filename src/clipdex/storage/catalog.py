@@ -30,6 +30,7 @@ from clipdex.storage.db import (
 )
 from clipdex.storage.migrate import check_version, create_or_migrate
 from clipdex.storage.schema import (
+    SCHEMA_VERSION,
     ClassifyRun,
     Image,
     ImageSource,
@@ -93,8 +94,9 @@ class Catalog:
         try:
             if not read_only:
                 create_or_migrate(self)
+                self.schema_version = SCHEMA_VERSION
             else:
-                check_version(self)
+                self.schema_version = check_version(self)
         except DatabaseError as exc:
             self.engine.dispose()
             raise database_error(self.path, exc) from exc
@@ -326,6 +328,8 @@ class Catalog:
     def decode_counts(self) -> dict[str, int]:
         """How many embedded images the model saw fully decoded ("exact") or decoded
         smaller ("draft"); "unknown" counts those embedded before clipdex recorded it."""
+        if self.schema_version < 4:  # read-only, not migrated: no decode column yet
+            return {"exact": 0, "draft": 0, "unknown": self.counts()["ok"]}
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(Image.decode, func.count())

@@ -33,12 +33,17 @@ def create_or_migrate(db: Database) -> None:
             set_meta(conn, "schema_version", str(current))
 
 
-def check_version(db: Database) -> None:
-    """Refuse a catalog (opened read-only) whose schema is not this clipdex's."""
+#: The oldest schema a read-only open still reads (4 only added images.decode).
+OLDEST_READABLE = 3
+
+
+def check_version(db: Database) -> int:
+    """The schema of a catalog opened read-only; refuse one this clipdex cannot read."""
     with db.engine.connect() as conn:
         version = get_meta(conn, "schema_version")
-    if version is None or int(version) != SCHEMA_VERSION:
+    if version is None or not OLDEST_READABLE <= int(version) <= SCHEMA_VERSION:
         raise CatalogError(
             f"{db.path} has schema {version}, expected {SCHEMA_VERSION}; "
             "open it once with write access to migrate it"
         )
+    return int(version)
