@@ -123,6 +123,20 @@ class Catalog:
                 checkpoint_path=get_meta(conn, "model_checkpoint_path"),
             )
 
+    def index_settings(self) -> tuple[str | None, float | None]:
+        """The vector store's kind and recall target a user chose (None: the default)."""
+        with self.engine.connect() as conn:
+            kind, target = get_meta(conn, "index_type"), get_meta(conn, "target_recall")
+        return kind, float(target) if target else None
+
+    def set_index_settings(self, kind: str | None, target_recall: float | None) -> None:
+        """Record the store's kind and recall target, so later runs keep them."""
+        with write(self) as conn:
+            if kind is not None:
+                set_meta(conn, "index_type", kind)
+            if target_recall is not None:
+                set_meta(conn, "target_recall", repr(float(target_recall)))
+
     def claim_model(self, identity: ModelIdentity) -> None:
         """Record the model on a new index, or refuse one that differs from the recorded one."""
         stored = self.model_identity()
