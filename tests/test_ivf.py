@@ -9,8 +9,12 @@ import faiss
 import numpy as np
 import pytest
 
+import clipdex
+from clipdex.errors import QueryError
 from clipdex.vectors import SIDECAR_FILE, load_store, new_store, save_store
+from clipdex.vectors import ivf as ivf_module
 from clipdex.vectors.ivf import choose_nlist, choose_pq_m
+from conftest import TINY, make_images, run_cli
 
 #: PQ codebooks train on 39 x 256 vectors (seconds on 2 cores): the slow lane.
 IVF_KINDS = ["ivf", "ivf-sq8", pytest.param("ivf-pq", marks=pytest.mark.slow)]
@@ -180,3 +184,95 @@ def test_a_file_of_another_ivf_kind_is_not_loaded(tmp_path):
     sidecar = json.loads((tmp_path / SIDECAR_FILE).read_text())
     (tmp_path / SIDECAR_FILE).write_text(json.dumps({**sidecar, "type": "ivf"}))
     assert load_store(tmp_path, 64) == (None, "saved index has another type or dimension")
+
+
+# -- end to end: `clipdex index --index-type`, status, search --like / --exact --------------
+
+
+@pytest.fixture
+def small_ivf(monkeypatch):
+    """IVF trains on a few dozen vectors (4 a list, 4 lists at least), so the CLI tests run
+    on 60 generated images in a second."""
+    monkeypatch.setattr(ivf_module, "POINTS_PER_LIST", 4)
+    monkeypatch.setattr(ivf_module, "MIN_NLIST", 4)
+    monkeypatch.setattr(ivf_module.IVFStore, "min_train", 16)
+
+
+@pytest.mark.slow
+def test_index_type_ivf_end_to_end(runner, tmp_path, index_dir, small_ivf):
+    photos = tmp_path / "photos"
+    make_images(photos, 60)
+    run_cli(runner, "index", str(photos), *TINY, "--index-type", "ivf", "--workers", "0")
+    sidecar = json.loads((index_dir / SIDECAR_FILE).read_text())
+    assert sidecar["type"] == "ivf" and sidecar["ntotal"] == 60 and sidecar["recall"] >= 0.95
+    status = json.loads(run_cli(runner, "status", "--format", "json").stdout)
+    assert status["index_type"] == "ivf"
+    params = status["index_parameters"]
+    assert params["trained"] and params["nlist"] >= 4 and params["recall"] == sidecar["recall"]
+    table = run_cli(runner, "status").stdout
+    assert f"nlist {params['nlist']}, nprobe {params['nprobe']}" in table and "recall@10" in table
+    hits = json.loads(run_cli(runner, "search", "a red square", "--format", "json").stdout)
+    assert len(hits) == 10
+    out = run_cli(runner, "classify", "--labels", "red,green,blue", "--format", "jsonl").stdout
+    assert len(out.splitlines()) == 60
+    assert "ok" in run_cli(runner, "check").stdout.lower()
+    # a later run without the option keeps the type; deleting images keeps it searchable
+    for path in sorted(photos.iterdir())[:5]:
+        path.unlink()
+    again = run_cli(runner, "index", str(photos), "--workers", "0").stdout
+    assert "5 removed" in again
+    assert json.loads((index_dir / SIDECAR_FILE).read_text())["type"] == "ivf"
+    run_cli(runner, "check")
+    # changing the type rebuilds from the stored vectors: nothing embedded
+    out = run_cli(runner, "index", str(photos), "--index-type", "ivf-sq8", "--workers", "0")
+    assert "0 embedded" in out.stdout
+    sidecar = json.loads((index_dir / SIDECAR_FILE).read_text())
+    assert sidecar["type"] == "ivf-sq8" and sidecar["ntotal"] == 55
+    run_cli(runner, "check")
+
+
+def test_search_like_and_exact(runner, tmp_path, index_dir, small_ivf):
+    photos = tmp_path / "photos"
+    make_images(photos, 40)
+    run_cli(runner, "index", str(photos), *TINY, "--index-type", "ivf", "--workers", "0")
+    with clipdex.open_index(index_dir) as index:
+        ids, vectors = zip(*index.catalog.iter_vectors(), strict=True)
+    ids, vectors = np.concatenate(ids), np.concatenate(vectors)
+    like = int(ids[3])
+    out = run_cli(runner, "search", "--like", str(like), "-k", "5", "--exact", "--format", "json")
+    hits = json.loads(out.stdout)
+    cos = vectors @ vectors[3]
+    expected = [int(i) for i in ids[np.argsort(-cos)] if i != like][:5]
+    assert [h["id"] for h in hits] == expected  # exact, the image itself left out
+    approx = json.loads(run_cli(runner, "search", "--like", str(like), "--format", "json").stdout)
+    assert len(approx) == 10 and like not in [h["id"] for h in approx]
+    # --exact with a text query equals a brute-force scan of the stored vectors
+    with clipdex.open_index(index_dir) as index:
+        exact = index.search("a blue circle", k=7, exact=True)
+        query = index.embedder().encode_texts(["a blue circle"])[0]
+    assert [h.id for h in exact] == [int(i) for i in ids[np.argsort(-(vectors @ query))][:7]]
+    # an unknown id, and a deleted one: one-line errors
+    bad = run_cli(runner, "search", "--like", "999999", expect=1)
+    assert "no indexed image has id 999999" in bad.output and "Traceback" not in bad.output
+    gone = sorted(photos.iterdir())
+    with clipdex.open_index(index_dir) as index:
+        first = index.catalog.images([like])[like].uri
+    next(p for p in gone if str(p) == first).unlink()
+    run_cli(runner, "index", str(photos), "--workers", "0")
+    bad = run_cli(runner, "search", "--like", str(like), expect=1)
+    assert f"no indexed image has id {like}" in bad.output
+    usage = run_cli(runner, "search", "text", "--like", str(like), expect=2)
+    assert "--like" in usage.output
+
+
+def test_bad_index_options_are_refused(runner, tmp_path):
+    photos = tmp_path / "photos"
+    make_images(photos, 3)
+    out = run_cli(runner, "index", str(photos), *TINY, "--index-type", "hnsw", expect=2)
+    assert "hnsw" in out.output
+    run_cli(runner, "index", str(photos), *TINY, "--target-recall", "0", expect=2)
+    run_cli(runner, "index", str(photos), *TINY, "--target-recall", "1.5", expect=2)
+    with pytest.raises(QueryError, match="target recall"):
+        clipdex.open_index(tmp_path / "x").add(photos, target_recall=2.0)
+    with pytest.raises(QueryError, match="unknown index type 'hnsw'"):
+        clipdex.open_index(tmp_path / "x").add(photos, index_type="hnsw")

@@ -40,6 +40,8 @@ class IndexStatus:
     index_load: LoadReport | None
     classify_run: int | None = None
     label_counts: list[tuple[str, int]] = field(default_factory=list)
+    #: The store's own settings (an IVF's nlist, nprobe, code size, measured recall@10).
+    index_parameters: dict = field(default_factory=dict)
 
 
 def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
@@ -65,6 +67,7 @@ def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
         index_load=index.load_report,
         classify_run=run_id,
         label_counts=label_counts,
+        index_parameters=dict(vectors.stats().parameters) if vectors else {},
     )
 
 

@@ -343,6 +343,19 @@ class Catalog:
 
     # -- vectors ---------------------------------------------------------------------------
 
+    def vector_of(self, image_id: int) -> np.ndarray | None:
+        """The stored vector of a live image, or None (no such image, or none stored)."""
+        query = (
+            select(Vector.vector)
+            .join(Image, Image.id == Vector.image_id)
+            .where(Vector.image_id == image_id, Image.status == "ok")
+        )
+        with self.engine.connect() as conn:
+            blob = conn.execute(query).scalar()
+        if blob is None:
+            return None
+        return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
     def iter_vectors(
         self, chunk: int = 65536, since_seq: int | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
