@@ -2,12 +2,14 @@
 
 base.py     the VectorStore protocol (add, remove, search with an id filter, iter_vectors,
             kind, stats) and StoreStats
-flat.py     FlatStore: exact search, IndexIDMap2(IndexFlatIP) (today's only kind)
+flat.py     FlatStore: exact search, IndexIDMap2(IndexFlatIP) (the default kind)
+ivf.py      IVFStore, IVFSQ8Store, IVFPQStore: approximate kinds (ivf, ivf-sq8, ivf-pq)
 persist.py  vectors.faiss + vectors.json: save, load and validate, open (catch up or rebuild)
 check.py    check_index: the catalog and the saved store agree; repair rebuilds
 
 The choice of kind lives here: KINDS maps the kind a sidecar records to its class, and
-DEFAULT_KIND is the kind a new or rebuilt index gets. Callers open, rebuild and save stores
+DEFAULT_KIND is the kind a new index gets unless the catalog records another (its
+`index_type`, set by `Index.add(index_type=...)`); a saved store of another kind is rebuilt. Callers open, rebuild and save stores
 through these functions and never name a kind's class.
 """
 
