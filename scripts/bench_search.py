@@ -80,6 +80,8 @@ def main() -> None:
         started = time.perf_counter()
         for start in range(0, args.n, 65536):
             store.add(ids[start : start + 65536], data[start : start + 65536])
+        if hasattr(store, "prepare"):
+            store.prepare()  # train and tune, as a rebuild or save does
         build = time.perf_counter() - started
         times, found = [], []
         for q in queries:

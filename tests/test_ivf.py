@@ -45,6 +45,8 @@ def trained(kind: str, n: int = 4000, dim: int = 64):
         data, ids = clustered(n, dim), np.arange(10, 10 + n, dtype=np.int64)
         store = new_store(kind, dim)
         store.add(ids, data)
+        assert not store.trained  # adds never train: rebuilds and saves do
+        store.prepare()
         _TRAINED[kind] = (store, ids, data)
     store, ids, data = _TRAINED[kind]
     copy = type(store)(dim, index=faiss.deserialize_index(faiss.serialize_index(store.index)))
@@ -73,6 +75,7 @@ def test_too_few_vectors_stay_flat_and_exact_with_a_reason(kind):
     data, ids = clustered(200, 32), np.arange(200)
     store = new_store(kind, 32)
     store.add(ids, data)
+    store.prepare()
     stats = store.stats()
     assert not store.trained and stats.parameters["trained"] is False
     assert "flat until" in stats.parameters["reason"]
@@ -86,7 +89,9 @@ def test_trained_ivf_reaches_the_target_recall_on_clustered_vectors(kind):
     store, ids, data = trained(kind, n)
     assert store.trained and store.ntotal == n
     params = store.stats().parameters
-    assert params["nlist"] == choose_nlist(n - 200) and 1 <= params["nprobe"] <= params["nlist"]
+    assert params["nlist"] == choose_nlist(
+        n - 200
+    )  # from the whole set, queries held out and 1 <= params["nprobe"] <= params["nlist"]
     queries = clustered(n + 300, 64)[n:]  # fresh queries drawn the same way
     measured = recall_at_10(store, data, ids, queries)
     if kind == "ivf":
@@ -276,3 +281,16 @@ def test_bad_index_options_are_refused(runner, tmp_path):
         clipdex.open_index(tmp_path / "x").add(photos, target_recall=2.0)
     with pytest.raises(QueryError, match="unknown index type 'hnsw'"):
         clipdex.open_index(tmp_path / "x").add(photos, index_type="hnsw")
+
+
+def test_saving_trains_on_the_whole_collection(tmp_path):
+    """Adds in batches never train (nlist would follow the first batch); a save does."""
+    data, ids = clustered(3000, 32), np.arange(3000)
+    store = new_store("ivf", 32)
+    for start in range(0, 3000, 500):
+        store.add(ids[start : start + 500], data[start : start + 500])
+    assert not store.trained
+    save_store(store, tmp_path)
+    loaded, why = load_store(tmp_path, 32)
+    assert why == "" and loaded.trained and loaded.stats().parameters["nlist"] == choose_nlist(2800)
+    assert json.loads((tmp_path / SIDECAR_FILE).read_text())["recall"] >= 0.95

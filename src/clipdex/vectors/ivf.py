@@ -6,8 +6,8 @@ The coarse quantizer is flat; ids are the IVF's own, with a hash-table direct ma
 removal and reconstruction work by id.
 
 Until it holds enough vectors to train (39 per list), a store keeps them in an exact flat
-index and says why (`reason`). Training samples the vectors it holds (the catalog's, when
-rebuilt: nothing is re-embedded), then nprobe is chosen by measurement: the smallest whose
+index and says why (`reason`). It trains when rebuilt or saved (`prepare`), on a sample of
+the vectors it holds (the catalog's: nothing is re-embedded), then nprobe is chosen by measurement: the smallest whose
 recall@10 against exact search, on held-out stored vectors used as queries, reaches
 `target_recall`. nprobe travels with each search (`SearchParametersIVF`), never set on the
 shared index. A filter small against the index is answered by an exact scan of the
@@ -129,8 +129,6 @@ class IVFStore:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
         self._changed()
-        if not self.trained and self.ntotal >= self.min_train:
-            self.train()
 
     def remove(self, ids: Iterable[int]) -> int:
         import faiss
@@ -180,6 +178,12 @@ class IVFStore:
         return StoreStats(self.kind, self.ntotal, self.dim, size, parameters)
 
     # -- training and tuning ---------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Train now if untrained and enough vectors are held: called when the store is
+        rebuilt or saved, so nlist follows the whole collection, not its first batch."""
+        if not self.trained and self.ntotal >= self.min_train:
+            self.train()
 
     def train(self, seed: int = 0) -> None:
         """Train on a sample of the vectors held, move them into the IVF, tune nprobe.

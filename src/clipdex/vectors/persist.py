@@ -87,6 +87,8 @@ def rebuild(catalog: Catalog, store_type: StoreType) -> VectorStore:
         if identity is not None:
             for ids, vectors in snapshot.iter_vectors():
                 store.add(ids, vectors)
+    if hasattr(store, "prepare"):  # a kind that trains (IVF) does so on the whole set
+        store.prepare()
     store.dirty = True
     return store
 
@@ -183,7 +185,10 @@ def norm_tolerance(store: VectorStore) -> float:
 
 def save_store(store: VectorStore, folder: Path) -> None:
     """Write the store and then its sidecar, each atomically (a temporary file in the same
-    folder, fsynced, renamed into place); CatalogError if either cannot be written."""
+    folder, fsynced, renamed into place); CatalogError if either cannot be written.
+    A kind that trains (IVF) trains first, once it holds enough vectors."""
+    if hasattr(store, "prepare"):
+        store.prepare()
     _atomic_write(folder / INDEX_FILE, store.write_file)
     sidecar = {"type": store.kind, "dim": store.dim, "seq": store.seq, "ntotal": store.ntotal}
     if hasattr(store, "sidecar"):  # a kind's own settings
