@@ -21,6 +21,7 @@ EXPECTED = {
     "bench_classify.py": r"n=2,000 .* bare matmul [\d,]+ images/s, assignment [\d,]+ images/s",
     "bench_reindex.py": r"no-op re-index: [\d.]+ s wall(.|\n)* 0 embedded, 100 reused",
     "bench_decode.py": r"exact [\d.]+ ms/image .* draft [\d.]+ ms/image .* speed-up [\d.]+x",
+    "bench_search.py": r"flat .* 1\.000 (.|\n)*ivf .*nprobe=\d+(.|\n)*ivf-pq .*recall=[\d.]+",
     "bench_remote.py": r"folder [\d.]+ images/s, s3 [\d.]+ images/s, s3 \+ 50 ms [\d.]+",
     "train_demo_model.py": r"zero-shot top-1 over 48 labels: seen [\d.]+%",
     "kill_loop.py": r"index: 2 trials, 2 ok, 0 failures(.|\n)*"

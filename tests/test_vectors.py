@@ -164,8 +164,12 @@ def test_filtered_search_returns_k_results_from_within_the_filter(store_kind):
     scores, found = store.search(query, 10, among)
     assert found.shape == (1, 10) and set(found[0].tolist()) <= set(among.tolist())
     within = among[np.argsort(-cosines[among - 1])][:10]
-    assert found[0].tolist() == within.tolist()
-    np.testing.assert_allclose(scores[0], cosines[within - 1], rtol=1e-5)
+    if getattr(store, "exact_codes", True):
+        assert found[0].tolist() == within.tolist()
+        np.testing.assert_allclose(scores[0], cosines[within - 1], rtol=1e-5)
+    else:  # lossy codes (SQ8, PQ): approximate scores, so near-ties may swap
+        assert len(set(found[0].tolist()) & set(within.tolist())) >= 7
+        np.testing.assert_allclose(scores[0], cosines[found[0] - 1], atol=0.1)
     # fewer held than asked for: all of them, and nothing from outside the filter
     small = np.array([among[0], among[1], 999_999])  # an id the store does not hold
     _, found = store.search(query, 10, small)

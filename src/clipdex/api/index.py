@@ -31,14 +31,21 @@ from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_so
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model
-from clipdex.search.query import SearchResult, query_vector, search_vectors
+from clipdex.search.query import CatalogScan, SearchResult, query_vector, search_vectors
 from clipdex.sources import open_source
 from clipdex.sources.remote import StoreOptions
 from clipdex.storage.catalog import Catalog
 from clipdex.storage.labels import LabelStore
 from clipdex.storage.lock import WriterLock
 from clipdex.types import LabelSet, ModelIdentity, ProgressCallback
-from clipdex.vectors import LoadReport, VectorStore
+from clipdex.vectors import (
+    DEFAULT_KIND,
+    LoadReport,
+    VectorStore,
+    rebuild_store,
+    save_store,
+    store_type,
+)
 from clipdex.vectors.check import CheckReport, check_index
 
 
@@ -130,8 +137,11 @@ class Index:
         k: int = 10,
         min_score: float | None = None,
         label: str | None = None,
+        like: int | None = None,
+        exact: bool = False,
     ) -> list[SearchResult]:
-        """Nearest images to a text, an image file, or both, best first (cosine scores).
+        """Nearest images to a text, an image file, both, or a stored image, best first
+        (cosine scores).
 
         Args:
             text: a text query.
@@ -140,6 +150,10 @@ class Index:
             min_score: leave out results scoring below it.
             label: search only images whose top label it is in the latest
                 classification run that has that label.
+            like: the id of a stored image to search by (its stored vector: nothing is
+                embedded); the image itself is left out of the results.
+            exact: scan every stored vector exactly (streamed from the catalog),
+                whatever the kind of the vector store.
         """
         if k < 1:
             raise QueryError(f"k must be at least 1 (got {k})")
@@ -147,6 +161,8 @@ class Index:
             raise QueryError("the query text is empty")
         if min_score is not None and not -1.0 <= min_score <= 1.0:
             raise QueryError(f"the minimum score is a cosine between -1 and 1 (got {min_score})")
+        if like is not None and (text is not None or image is not None):
+            raise QueryError("search by a stored image alone, not with a text or an image")
         _ = self.vectors  # an empty index says so before any model loads
         among = None
         if label is not None:
@@ -155,11 +171,20 @@ class Index:
                 raise QueryError(
                     f"no image is labelled '{label}'; label images first with `clipdex classify`"
                 )
+        if like is not None:
+            query = self.catalog.vector_of(like)
+            if query is None:
+                raise QueryError(f"no indexed image has id {like} (deleted, failed or unknown)")
+            with self._lock:
+                store = CatalogScan(self.catalog) if exact else self.vectors
+                found = search_vectors(self.catalog, store, query, k + 1, min_score, among)
+            return [hit for hit in found if hit.id != like][:k]
         embedder = self.embedder()
         query = query_vector(embedder, text, image)
         with self._lock:  # FAISS may not be searched while another thread catches it up
             vectors = self._reader.vectors_of(embedder)
-            return search_vectors(self.catalog, vectors, query, k, min_score, among)
+            store = CatalogScan(self.catalog) if exact else vectors
+            return search_vectors(self.catalog, store, query, k, min_score, among)
 
     def classify(
         self,
@@ -242,6 +267,8 @@ class Index:
         fetch_workers: int = DEFAULT_FETCH_WORKERS,
         follow_symlinks: bool = False,
         exact_decode: bool = False,
+        index_type: str | None = None,
+        target_recall: float | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
         """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
@@ -270,8 +297,16 @@ class Index:
             exact_decode: decode every image at full size, for open_clip's preprocessing
                 bit for bit; by default large images are decoded at twice the model's
                 input size (JPEG DCT scaling, exact integer box filters), much faster.
+            index_type: the vector store's kind (vectors.KINDS: flat, ivf, ivf-sq8,
+                ivf-pq), kept by later runs; a change rebuilds it from the stored vectors.
+            target_recall: the recall@10 against exact search an IVF's nprobe is tuned to
+                reach (0 < r <= 1; default 0.95), kept by later runs.
             on_progress: called as on_progress(phase, done, total).
         """
+        if index_type is not None:
+            store_type(index_type)  # QueryError for a kind clipdex does not know
+        if target_recall is not None and not 0 < target_recall <= 1:
+            raise QueryError(f"the target recall must be in (0, 1], not {target_recall}")
         try:
             source = open_source(
                 path,
@@ -304,6 +339,7 @@ class Index:
                 # then forget every source's vectors, which the old model made.
                 self._models.load(model)
                 catalog.reset()
+            self._apply_index_settings(catalog, index_type, target_recall)
             options = RunOptions(
                 rebuild=rebuild,
                 batch_size=batch_size,
@@ -316,6 +352,21 @@ class Index:
             return index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress
             )
+
+    def _apply_index_settings(
+        self, catalog: Catalog, index_type: str | None, target_recall: float | None
+    ) -> None:
+        """Record the store's kind and recall target; when either changes, rebuild the
+        saved store from the stored vectors (nothing is re-embedded)."""
+        kind, target = catalog.index_settings()
+        changed = (index_type is not None and index_type != (kind or DEFAULT_KIND)) or (
+            target_recall is not None and target_recall != target
+        )
+        if index_type is None and target_recall is None:
+            return
+        catalog.set_index_settings(index_type, target_recall)
+        if changed and catalog.model_identity() is not None:
+            save_store(rebuild_store(catalog), self.folder)
 
     def forget(self, source: str | Path, *, wait: bool = False) -> IndexReport:
         """Drop a source: its images are removed unless another source lists them too

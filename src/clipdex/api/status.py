@@ -43,6 +43,8 @@ class IndexStatus:
     #: Embedded images by how the model saw them: "exact" (full decode), "draft" (decoded
     #: smaller), "unknown" (embedded before clipdex recorded it).
     decode: dict[str, int] = field(default_factory=dict)
+    #: The store's own settings (an IVF's nlist, nprobe, code size, measured recall@10).
+    index_parameters: dict = field(default_factory=dict)
 
 
 def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
@@ -69,6 +71,7 @@ def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
         classify_run=run_id,
         label_counts=label_counts,
         decode=catalog.decode_counts(),
+        index_parameters=dict(vectors.stats().parameters) if vectors else {},
     )
 
 

@@ -80,6 +80,20 @@ def model_spec(
     help="Decode every image at full size (open_clip's preprocessing bit for bit); "
     "by default large images are decoded at twice the model's input size, much faster.",
 )
+@click.option(
+    "--index-type",
+    type=click.Choice(["flat", "ivf", "ivf-sq8", "ivf-pq"]),
+    default=None,
+    help="Vector store kind, kept by later runs (a new index: flat); a change rebuilds "
+    "it from the stored vectors. ivf*: approximate, tuned to --target-recall.",
+)
+@click.option(
+    "--target-recall",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Recall@10 against exact search an IVF is tuned to reach (default 0.95), "
+    "measured on stored vectors and kept by later runs.",
+)
 @wait_option()
 @handle_errors
 def index_command(

@@ -22,11 +22,22 @@ from clipdex.cli.output import SEARCH_FORMATS, write_rows
 )
 @click.option("--min-score", type=float, default=None, help="Drop results below this cosine.")
 @click.option("--label", help="Only images labelled NAME by the latest `clipdex classify`.")
+@click.option(
+    "--like",
+    type=int,
+    metavar="ID",
+    help="More like a stored image (its id): its stored vector, nothing embedded.",
+)
+@click.option(
+    "--exact", is_flag=True, help="Scan every stored vector exactly (whatever the index type)."
+)
 @index_option
 @format_option(SEARCH_FORMATS)
 @runtime_options
 @handle_errors
-def search_command(query, image, k, min_score, label, index_dir, fmt, device, precision) -> None:
+def search_command(
+    query, image, k, min_score, label, like, exact, index_dir, fmt, device, precision
+) -> None:
     """Find the images nearest to a text or an example image.
 
     \b
@@ -34,13 +45,19 @@ def search_command(query, image, k, min_score, label, index_dir, fmt, device, pr
         clipdex search "a red car" -k 5
         clipdex search --image query.jpg --format paths | xargs open
         clipdex search "sleeping" --label cat
+        clipdex search --like 1234 -k 20
+        clipdex search "a red car" --exact
     """
     from clipdex.api import Index
 
-    if query is None and image is None:
-        raise click.UsageError("give a QUERY text or --image FILE")
+    if query is None and image is None and like is None:
+        raise click.UsageError("give a QUERY text, --image FILE or --like ID")
+    if like is not None and (query is not None or image is not None):
+        raise click.UsageError("--like searches by a stored image alone (no QUERY or --image)")
     with Index(index_dir, device=device, precision=precision) as index:
-        results = index.search(query, image=image, k=k, min_score=min_score, label=label)
+        results = index.search(
+            query, image=image, k=k, min_score=min_score, label=label, like=like, exact=exact
+        )
     rows = [dict(rank=rank, **hit.as_dict()) for rank, hit in enumerate(results, 1)]
     columns = (
         ("rank", "score", "uri")

@@ -42,6 +42,18 @@ def status_command(index_dir, fmt, failures) -> None:
         print_status(index.status(failures=failures), fmt)
 
 
+def _parameters(p: dict) -> str:
+    """An IVF's settings and measured recall in words (or why it is still flat)."""
+    if not p.get("trained", True):
+        return escape_control(str(p.get("reason", "")))
+    recall = p.get("recall")
+    measured = f"{recall:.3f}" if isinstance(recall, float) else "not measured"
+    return (
+        f"nlist {p.get('nlist')}, nprobe {p.get('nprobe')}, {p.get('code_size')} B a vector; "
+        f"recall@10 {measured} (target {p.get('target_recall')})"
+    )
+
+
 def print_status(status: IndexStatus, fmt: str) -> None:
     if fmt == "json":
         data = asdict(status)
@@ -68,6 +80,8 @@ def print_status(status: IndexStatus, fmt: str) -> None:
         f"{_size(status.index_bytes)} on disk (catalog {_size(status.catalog_bytes)})",
         f"changes:  {status.change_seq}",
     ]
+    if status.index_parameters:
+        lines.insert(-1, f"          {_parameters(status.index_parameters)}")
     if status.index_load is not None and status.index_load.action != "loaded":
         lines.append(
             f"          faiss file was {status.index_load.action}: "

@@ -37,6 +37,31 @@ def query_vector(
     return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
+class CatalogScan:
+    """An exact scan of the catalog's stored vectors, streamed in chunks: what `exact`
+    searches use whatever the kind of the store (search only)."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.ntotal = catalog.counts()["vectors"]
+
+    def search(
+        self, queries: np.ndarray, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.atleast_2d(queries).astype(np.float32)
+        best_s = np.full((len(queries), 0), -np.inf, np.float32)
+        best_i = np.zeros((len(queries), 0), np.int64)
+        for ids, vectors in self.catalog.iter_vectors():
+            if among is not None:
+                keep = np.isin(ids, among)
+                ids, vectors = ids[keep], vectors[keep]
+            s = np.hstack([best_s, queries @ vectors.T])
+            i = np.hstack([best_i, np.broadcast_to(ids, (len(queries), len(ids)))])
+            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+        return best_s, best_i
+
+
 def search_vectors(
     catalog: Catalog,
     vectors: VectorStore,

@@ -127,6 +127,20 @@ class Catalog:
                 checkpoint_path=get_meta(conn, "model_checkpoint_path"),
             )
 
+    def index_settings(self) -> tuple[str | None, float | None]:
+        """The vector store's kind and recall target a user chose (None: the default)."""
+        with self.engine.connect() as conn:
+            kind, target = get_meta(conn, "index_type"), get_meta(conn, "target_recall")
+        return kind, float(target) if target else None
+
+    def set_index_settings(self, kind: str | None, target_recall: float | None) -> None:
+        """Record the store's kind and recall target, so later runs keep them."""
+        with write(self) as conn:
+            if kind is not None:
+                set_meta(conn, "index_type", kind)
+            if target_recall is not None:
+                set_meta(conn, "target_recall", repr(float(target_recall)))
+
     def claim_model(self, identity: ModelIdentity) -> None:
         """Record the model on a new index, or refuse one that differs from the recorded one."""
         stored = self.model_identity()
@@ -349,6 +363,19 @@ class Catalog:
             return [(uri, error or "") for uri, error in conn.execute(query)]
 
     # -- vectors ---------------------------------------------------------------------------
+
+    def vector_of(self, image_id: int) -> np.ndarray | None:
+        """The stored vector of a live image, or None (no such image, or none stored)."""
+        query = (
+            select(Vector.vector)
+            .join(Image, Image.id == Vector.image_id)
+            .where(Vector.image_id == image_id, Image.status == "ok")
+        )
+        with self.engine.connect() as conn:
+            blob = conn.execute(query).scalar()
+        if blob is None:
+            return None
+        return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
     def iter_vectors(
         self, chunk: int = 65536, since_seq: int | None = None

@@ -2,12 +2,14 @@
 
 base.py     the VectorStore protocol (add, remove, search with an id filter, iter_vectors,
             kind, stats) and StoreStats
-flat.py     FlatStore: exact search, IndexIDMap2(IndexFlatIP) (today's only kind)
+flat.py     FlatStore: exact search, IndexIDMap2(IndexFlatIP) (the default kind)
+ivf.py      IVFStore, IVFSQ8Store, IVFPQStore: approximate kinds (ivf, ivf-sq8, ivf-pq)
 persist.py  vectors.faiss + vectors.json: save, load and validate, open (catch up or rebuild)
 check.py    check_index: the catalog and the saved store agree; repair rebuilds
 
 The choice of kind lives here: KINDS maps the kind a sidecar records to its class, and
-DEFAULT_KIND is the kind a new or rebuilt index gets. Callers open, rebuild and save stores
+DEFAULT_KIND is the kind a new index gets unless the catalog records another (its
+`index_type`, set by `Index.add(index_type=...)`); a saved store of another kind is rebuilt. Callers open, rebuild and save stores
 through these functions and never name a kind's class.
 """
 
@@ -19,25 +21,28 @@ from typing import TYPE_CHECKING
 from clipdex.errors import QueryError
 from clipdex.vectors.base import StoreStats, StoreType, VectorStore, WrongKind
 from clipdex.vectors.flat import FlatStore
+from clipdex.vectors.ivf import IVFPQStore, IVFSQ8Store, IVFStore
 from clipdex.vectors.persist import (
     EMPTY_INDEX,
     INDEX_FILE,
     SIDECAR_FILE,
     LoadReport,
     catch_up,
-    is_current,
     load_saved,
     open_saved,
     read_sidecar,
     rebuild,
     save_store,
 )
+from clipdex.vectors.persist import is_current as _is_current
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.storage.catalog import Catalog
 
 #: Every kind of store, by the name its sidecar records.
-KINDS: dict[str, StoreType] = {FlatStore.kind: FlatStore}
+KINDS: dict[str, StoreType] = {
+    kind.kind: kind for kind in (FlatStore, IVFStore, IVFSQ8Store, IVFPQStore)
+}
 #: The kind of a new index, and of one rebuilt from the catalog.
 DEFAULT_KIND = FlatStore.kind
 
@@ -52,6 +57,7 @@ __all__ = [
     "VectorStore",
     "WrongKind",
     "catch_up",
+    "chosen_kind",
     "is_current",
     "load_store",
     "new_store",
@@ -77,9 +83,35 @@ def new_store(kind: str, dim: int, seq: int = 0) -> VectorStore:
     return store_type(kind)(dim, seq=seq)
 
 
+def chosen_kind(catalog: Catalog) -> str:
+    """The kind the catalog records for its store (`index_type`), else DEFAULT_KIND."""
+    kind, _ = catalog.index_settings()
+    return kind if kind in KINDS else DEFAULT_KIND
+
+
+def is_current(folder: Path, catalog: Catalog) -> bool:
+    """Does the saved store reflect the catalog's last change, as the chosen kind?"""
+    return _is_current(folder, catalog, chosen_kind(catalog))
+
+
+def _builder(catalog: Catalog, kind: str | None = None) -> StoreType:
+    """The class of the chosen kind, given the catalog's recall target when it takes one."""
+    cls = store_type(kind or chosen_kind(catalog))
+    _, target = catalog.index_settings()
+    if target is None or not hasattr(cls, "target_recall"):
+        return cls
+
+    class Targeted(cls):  # type: ignore[misc, valid-type]
+        def __init__(self, dim: int, seq: int = 0, index=None):
+            super().__init__(dim, seq=seq, index=index, target_recall=target)
+
+    return Targeted
+
+
 def open_store(folder: Path, catalog: Catalog) -> tuple[VectorStore, LoadReport]:
-    """The saved store in `folder`, in step with the catalog (caught up, or rebuilt)."""
-    return open_saved(folder, catalog, KINDS, store_type(DEFAULT_KIND))
+    """The saved store in `folder`, in step with the catalog (caught up, or rebuilt, as
+    the kind the catalog records when the saved one is of another kind)."""
+    return open_saved(folder, catalog, KINDS, _builder(catalog))
 
 
 def load_store(folder: Path, dim: int) -> tuple[VectorStore | None, str]:
@@ -88,5 +120,5 @@ def load_store(folder: Path, dim: int) -> tuple[VectorStore | None, str]:
 
 
 def rebuild_store(catalog: Catalog, kind: str | None = None) -> VectorStore:
-    """A new store of `kind` (default: DEFAULT_KIND) holding every vector the catalog stores."""
-    return rebuild(catalog, store_type(kind or DEFAULT_KIND))
+    """A new store of `kind` (default: the catalog's chosen kind) holding every stored vector."""
+    return rebuild(catalog, _builder(catalog, kind))

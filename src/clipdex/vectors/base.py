@@ -2,8 +2,8 @@
 
 A store holds unit float32 vectors under catalog image ids and answers inner-product
 (cosine) searches. It is derived from the catalog: saved beside it, caught up by change
-sequence and rebuilt from it (vectors/persist.py). flat.py is today's only kind; approximate
-kinds (IVF, HNSW) implement the same protocol and are registered in vectors/__init__.py.
+sequence and rebuilt from it (vectors/persist.py). flat.py is the exact kind, ivf.py the
+approximate ones; all are registered in vectors/__init__.py.
 Nothing outside a store's own module may read its internals: whole-index reads go through
 `iter_vectors`.
 """

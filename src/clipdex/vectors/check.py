@@ -184,6 +184,8 @@ def _compare(store: VectorStore, catalog: Snapshot) -> str | None:
     order = np.argsort(faiss_ids)
     sorted_ids = faiss_ids[order]
     mismatched = 0
+    # lossy codes (SQ8, PQ) reconstruct approximately: only gross differences count
+    tolerance = 1e-6 if getattr(store, "exact_codes", True) else 0.5
     for ids, vectors in catalog.iter_vectors():
         stored_ids.append(ids)
         where = np.searchsorted(sorted_ids, ids)
@@ -192,7 +194,7 @@ def _compare(store: VectorStore, catalog: Snapshot) -> str | None:
         if matrix is not None and present.any():
             rows = order[where[present]]
             mismatched += int(
-                np.count_nonzero(np.abs(matrix[rows] - vectors[present]).max(axis=1) > 1e-6)
+                np.count_nonzero(np.abs(matrix[rows] - vectors[present]).max(axis=1) > tolerance)
             )
     stored = np.concatenate(stored_ids) if stored_ids else np.zeros(0, dtype=np.int64)
     missing = np.setdiff1d(stored, faiss_ids).size

@@ -61,15 +61,19 @@ def open_saved(
         return loaded, LoadReport("loaded")
     if loaded.seq > seq:
         return rebuild(catalog, default), LoadReport("rebuilt", "index is newer than the catalog")
+    if loaded.kind != default.kind:
+        why = f"index type changed from {loaded.kind} to {default.kind}"
+        return rebuild(catalog, default), LoadReport("rebuilt", why)
     behind = seq - loaded.seq
     catch_up(loaded, catalog)
     return loaded, LoadReport("caught-up", f"{behind} changes behind the catalog")
 
 
-def is_current(folder: Path, catalog: Catalog) -> bool:
-    """Cheap test from the sidecar: does the saved file reflect the catalog's last change?"""
+def is_current(folder: Path, catalog: Catalog, kind: str | None = None) -> bool:
+    """Cheap test from the sidecar: does the saved file reflect the catalog's last change
+    (and, given `kind`, is it of that kind)?"""
     sidecar = read_sidecar(folder / SIDECAR_FILE)
-    if sidecar is None:
+    if sidecar is None or (kind is not None and sidecar["type"] != kind):
         return False
     return (folder / INDEX_FILE).is_file() and sidecar["seq"] == catalog.change_seq()
 
@@ -83,6 +87,8 @@ def rebuild(catalog: Catalog, store_type: StoreType) -> VectorStore:
         if identity is not None:
             for ids, vectors in snapshot.iter_vectors():
                 store.add(ids, vectors)
+    if hasattr(store, "prepare"):  # a kind that trains (IVF) does so on the whole set
+        store.prepare()
     store.dirty = True
     return store
 
@@ -124,6 +130,8 @@ def load_saved(
         return None, f"saved index unreadable ({str(exc).splitlines()[0][:80]})"
     if sidecar["ntotal"] != store.ntotal:
         return None, "saved index does not match its sidecar"
+    if hasattr(store, "load_sidecar"):  # a kind's own settings (an IVF's measured recall)
+        store.load_sidecar(sidecar)
     problem = garbled(store)
     return (None, f"saved index {problem}") if problem else (store, "")
 
@@ -161,9 +169,15 @@ def garbled(store: VectorStore) -> str | None:
             continue
         with np.errstate(all="ignore"):
             norms = np.linalg.norm(vectors[picked].astype(np.float64), axis=1)
-        if not np.all(np.abs(norms - 1) <= 1e-3):  # also false for inf and nan
+        if not np.all(np.abs(norms - 1) <= norm_tolerance(store)):  # false for inf, nan
             return "holds vectors that are not unit length"
     return None
+
+
+def norm_tolerance(store: VectorStore) -> float:
+    """How far a held vector's norm may be from 1: lossy codes (SQ8, PQ) reconstruct
+    approximately."""
+    return 1e-3 if getattr(store, "exact_codes", True) else 0.25
 
 
 # -- saving --------------------------------------------------------------------------------
@@ -171,9 +185,14 @@ def garbled(store: VectorStore) -> str | None:
 
 def save_store(store: VectorStore, folder: Path) -> None:
     """Write the store and then its sidecar, each atomically (a temporary file in the same
-    folder, fsynced, renamed into place); CatalogError if either cannot be written."""
+    folder, fsynced, renamed into place); CatalogError if either cannot be written.
+    A kind that trains (IVF) trains first, once it holds enough vectors."""
+    if hasattr(store, "prepare"):
+        store.prepare()
     _atomic_write(folder / INDEX_FILE, store.write_file)
     sidecar = {"type": store.kind, "dim": store.dim, "seq": store.seq, "ntotal": store.ntotal}
+    if hasattr(store, "sidecar"):  # a kind's own settings
+        sidecar = {**store.sidecar(), **sidecar}
     _atomic_write(folder / SIDECAR_FILE, lambda path: Path(path).write_text(json.dumps(sidecar)))
     store.dirty = False
 

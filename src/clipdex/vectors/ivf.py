@@ -1,0 +1,399 @@
+"""IVF stores: approximate inner-product search over inverted lists (FAISS `IndexIVF`).
+
+Three kinds share one class: `ivf` (Flat codes: exact vectors), `ivf-sq8` (8-bit scalar
+codes, 1 byte a dimension) and `ivf-pq` (product-quantised codes, 1 byte per sub-vector).
+The coarse quantizer is flat; ids are the IVF's own, with a hash-table direct map so
+removal and reconstruction work by id.
+
+Until it holds enough vectors to train (39 per list), a store keeps them in an exact flat
+index and says why (`reason`). It trains when rebuilt or saved (`prepare`), on a sample of
+the vectors it holds (the catalog's: nothing is re-embedded), then nprobe is chosen by measurement: the smallest whose
+recall@10 against exact search, on held-out stored vectors used as queries, reaches
+`target_recall`. nprobe travels with each search (`SearchParametersIVF`), never set on the
+shared index. A filter small against the index is answered by an exact scan of the
+filtered vectors, so search within a filter is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+
+from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind
+
+#: Recall@10 against exact search that nprobe is tuned to reach, unless asked otherwise.
+DEFAULT_TARGET_RECALL = 0.95
+#: Training points FAISS's k-means wants per centroid.
+POINTS_PER_LIST = 39
+#: The fewest lists worth an IVF; fewer vectors than 39 x this stay flat.
+MIN_NLIST = 8
+MAX_NLIST = 65536
+#: Vectors sampled to train on, per list (FAISS uses at most 256 a centroid).
+SAMPLE_PER_LIST = 256
+#: Held-out stored vectors used as queries to tune nprobe.
+TUNING_QUERIES = 200
+#: A filter of at most this many ids, or this fraction of the store, is scanned exactly.
+EXACT_FILTER_IDS = 4096
+EXACT_FILTER_FRACTION = 0.05
+
+
+def choose_nlist(n: int) -> int:
+    """About 4 sqrt(N) lists, clamped, and never fewer than 39 training points a list."""
+    nlist = round(4 * math.sqrt(max(n, 1)))
+    return max(1, min(nlist, MAX_NLIST, n // POINTS_PER_LIST))
+
+
+def choose_pq_m(dim: int) -> int:
+    """Sub-vectors for PQ: the divisor of `dim` nearest dim / 4 (4 dimensions each: 1/16
+    of flat's bytes, and far better recall than 8 dimensions a byte)."""
+    divisors = [m for m in range(1, dim + 1) if dim % m == 0]
+    return min(divisors, key=lambda m: (abs(m - dim / 4), -m))
+
+
+class IVFStore:
+    """IVF with Flat codes; implements vectors.base.VectorStore (see the module doc)."""
+
+    kind: ClassVar[str] = "ivf"
+    #: Are reconstructed vectors the stored ones (False: lossy codes, compared loosely)?
+    exact_codes: ClassVar[bool] = True
+    #: The fewest vectors this kind trains on.
+    min_train: ClassVar[int] = POINTS_PER_LIST * MIN_NLIST
+
+    def __init__(self, dim: int, seq: int = 0, index=None, target_recall: float | None = None):
+        import faiss
+
+        self.dim = dim
+        self.seq = seq
+        self.dirty = False
+        self.target_recall = target_recall or DEFAULT_TARGET_RECALL
+        self.nprobe = 0
+        self.recall: float | None = None
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._ids: np.ndarray | None = None
+        if self.trained:
+            self.nprobe = int(self.index.nprobe)
+        self.reason = "" if self.trained else self._untrained_reason()
+
+    # -- the kind's codes --------------------------------------------------------------------
+
+    @classmethod
+    def factory(cls, dim: int, nlist: int) -> str:
+        return f"IVF{nlist},Flat"
+
+    @classmethod
+    def matches(cls, ivf) -> bool:
+        import faiss
+
+        return isinstance(ivf, faiss.IndexIVFFlat)
+
+    @property
+    def trained(self) -> bool:
+        import faiss
+
+        return isinstance(self.index, faiss.IndexIVF)
+
+    def _untrained_reason(self) -> str:
+        return (
+            f"flat until {self.min_train} vectors are stored "
+            f"(an IVF trains on {POINTS_PER_LIST} a list)"
+        )
+
+    # -- contents --------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        import faiss
+
+        if self._ids is None:
+            if not self.trained:
+                self._ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            else:
+                lists = self.index.invlists
+                parts = [
+                    faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                    for i in range(self.index.nlist)
+                    if lists.list_size(i)
+                ]
+                self._ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return self._ids
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        self._changed()
+
+    def remove(self, ids: Iterable[int]) -> int:
+        import faiss
+
+        ids = np.ascontiguousarray(np.asarray(list(ids), dtype=np.int64))
+        if len(ids) == 0:
+            return 0
+        # a hash-table direct map removes only through an IDSelectorArray
+        selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
+        removed = int(self.index.remove_ids(selector))
+        self._changed()
+        return removed
+
+    def _changed(self) -> None:
+        self.dirty = True
+        self._ids = None
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors held under `ids` (every one must be held); lossy for SQ8 and PQ."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return self.index.reconstruct_batch(ids)
+
+    def iter_vectors(self, chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        ids = self.ids()
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            yield part, self.reconstruct(part)
+
+    def stats(self) -> StoreStats:
+        parameters: dict[str, Any] = {"trained": self.trained}
+        if self.trained:
+            code_size = int(self.index.code_size)
+            parameters.update(
+                nlist=int(self.index.nlist),
+                nprobe=self.nprobe,
+                code_size=code_size,
+                target_recall=self.target_recall,
+                recall=self.recall,
+            )
+            # codes and ids in the lists, the direct map, the centroids
+            size = self.ntotal * (code_size + 8 + 16) + self.index.nlist * self.dim * 4
+        else:
+            parameters["reason"] = self.reason
+            size = self.ntotal * (self.dim * 4 + 8)
+        return StoreStats(self.kind, self.ntotal, self.dim, size, parameters)
+
+    # -- training and tuning ---------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Train now if untrained and enough vectors are held: called when the store is
+        rebuilt or saved, so nlist follows the whole collection, not its first batch."""
+        if not self.trained and self.ntotal >= self.min_train:
+            self.train()
+
+    def train(self, seed: int = 0) -> None:
+        """Train on a sample of the vectors held, move them into the IVF, tune nprobe.
+
+        Held-out vectors (not in the training sample) are the tuning queries."""
+        import faiss
+
+        if self.trained:
+            return
+        ids, vectors = self.ids().copy(), self.reconstruct(self.ids())
+        n = len(ids)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n)
+        queries = order[: min(TUNING_QUERIES, n // 10)]
+        pool = order[len(queries) :]
+        nlist = choose_nlist(len(pool))
+        if n < self.min_train or nlist < MIN_NLIST:
+            self.reason = self._untrained_reason()
+            return
+        sample = pool[: min(len(pool), nlist * SAMPLE_PER_LIST)]
+        ivf = faiss.index_factory(
+            self.dim, self.factory(self.dim, nlist), faiss.METRIC_INNER_PRODUCT
+        )
+        ivf.cp.verbose = False
+        ivf.train(np.ascontiguousarray(vectors[sample]))
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        for start in range(0, n, DEFAULT_CHUNK):
+            ivf.add_with_ids(
+                vectors[start : start + DEFAULT_CHUNK], ids[start : start + DEFAULT_CHUNK]
+            )
+        truth = _exact_top(vectors, ids, vectors[queries], ids[queries], 10)
+        self.index = ivf
+        self.reason = ""
+        self._changed()
+        self.tune(vectors[queries], ids[queries], truth)
+
+    def tune(self, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> None:
+        """The smallest nprobe whose recall@10 (the query's own id left out) reaches the
+        target; the measured recall is kept (below the target only if no nprobe reaches it)."""
+        nlist = int(self.index.nlist)
+        candidates = sorted({min(nlist, p) for p in _probe_ladder(nlist)})
+        best = (candidates[-1], 0.0)
+        for nprobe in candidates:
+            _, found = self.search(queries, truth.shape[1] + 1, nprobe=nprobe)
+            recall = _recall(found, query_ids, truth)
+            if recall >= self.target_recall:
+                best = (nprobe, recall)
+                break
+            if recall > best[1]:
+                best = (nprobe, recall)
+        self.nprobe, self.recall = best
+        self.index.nprobe = self.nprobe  # the default saved in the file; searches pass their own
+        self.dirty = True
+
+    # -- search ----------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        among: np.ndarray | None = None,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query row, -1 padded; `among` restricts exactly (a small
+        filter is scanned exactly; a row the IVF fills short is redone exactly)."""
+        import faiss
+
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        held = None
+        if among is not None:
+            among = np.unique(np.asarray(among, dtype=np.int64))
+            held = among[np.isin(among, self.ids())]
+        k = min(k, self.ntotal if held is None else len(held))
+        if k <= 0:
+            empty = np.zeros((len(queries), 0))
+            return empty.astype(np.float32), empty.astype(np.int64)
+        if not self.trained:
+            params = None
+            if held is not None:
+                params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(held))
+            return self.index.search(queries, k, params=params)
+        if held is not None and (
+            len(held) <= EXACT_FILTER_IDS or len(held) <= EXACT_FILTER_FRACTION * self.ntotal
+        ):
+            return self._exact(queries, k, held)
+        selector = faiss.IDSelectorBatch(held) if held is not None else None
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=int(nprobe or self.nprobe or 1))
+        scores, found = self.index.search(queries, k, params=params)
+        if held is not None:
+            short = np.flatnonzero((found < 0).any(axis=1))
+            if len(short):
+                scores[short], found[short] = self._exact(queries[short], k, held)
+        return scores, found
+
+    def _exact(self, queries: np.ndarray, k: int, held: np.ndarray):
+        scores = np.empty((len(queries), k), np.float32)
+        found = np.empty((len(queries), k), np.int64)
+        best = None
+        for start in range(0, len(held), DEFAULT_CHUNK):
+            part = held[start : start + DEFAULT_CHUNK]
+            s = queries @ self.reconstruct(part).T
+            i = np.broadcast_to(part, s.shape)
+            if best is not None:
+                s, i = np.hstack([best[0], s]), np.hstack([best[1], i])
+            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+            best = (np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1))
+        scores[:], found[:] = best
+        return scores, found
+
+    # -- files -----------------------------------------------------------------------------
+
+    def sidecar(self) -> dict[str, Any]:
+        """What the sidecar records besides type, dim, seq and ntotal."""
+        return {"target_recall": self.target_recall, "recall": self.recall, "reason": self.reason}
+
+    def load_sidecar(self, data: dict[str, Any]) -> None:
+        recall, target = data.get("recall"), data.get("target_recall")
+        self.recall = float(recall) if isinstance(recall, (int, float)) else None
+        if isinstance(target, (int, float)) and 0 < target <= 1:
+            self.target_recall = float(target)
+
+    def write_file(self, path: str) -> None:
+        import faiss
+
+        with open(path, "wb") as handle:
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))
+
+    @classmethod
+    def read_file(cls, path: str, dim: int, seq: int) -> IVFStore:
+        """The store saved at `path` (trained, or still flat); WrongKind otherwise."""
+        import faiss
+
+        from clipdex.vectors.flat import is_flat_ip
+
+        index = faiss.read_index(path)  # already of its own class (IndexIVFFlat...)
+        if is_flat_ip(index, dim):
+            return cls(dim, seq=seq, index=index)
+        if (
+            not isinstance(index, faiss.IndexIVF)
+            or not cls.matches(index)
+            or index.d != dim
+            or index.metric_type != faiss.METRIC_INNER_PRODUCT
+        ):
+            raise WrongKind(f"not a {cls.kind} index of dimension {dim}")
+        if index.direct_map.type != faiss.DirectMap.Hashtable:
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        return cls(dim, seq=seq, index=index)
+
+
+class IVFSQ8Store(IVFStore):
+    """IVF with 8-bit scalar codes (a quarter of flat's memory); lossy reconstruction."""
+
+    kind: ClassVar[str] = "ivf-sq8"
+    exact_codes: ClassVar[bool] = False
+
+    @classmethod
+    def factory(cls, dim: int, nlist: int) -> str:
+        return f"IVF{nlist},SQ8"
+
+    @classmethod
+    def matches(cls, ivf) -> bool:
+        import faiss
+
+        return isinstance(ivf, faiss.IndexIVFScalarQuantizer)
+
+
+class IVFPQStore(IVFStore):
+    """IVF with product-quantised codes (M sub-vectors of 8 bits); lossy reconstruction.
+
+    Its codebooks train on at least 39 x 256 vectors, so it stays flat until then."""
+
+    kind: ClassVar[str] = "ivf-pq"
+    exact_codes: ClassVar[bool] = False
+    min_train: ClassVar[int] = POINTS_PER_LIST * 256
+
+    @classmethod
+    def factory(cls, dim: int, nlist: int) -> str:
+        return f"IVF{nlist},PQ{choose_pq_m(dim)}x8np"  # np: no polysemous training (slow)
+
+    @classmethod
+    def matches(cls, ivf) -> bool:
+        import faiss
+
+        return isinstance(ivf, faiss.IndexIVFPQ)
+
+
+def _probe_ladder(nlist: int) -> list[int]:
+    ladder, p = [], 1
+    while p < nlist:
+        ladder += [p, p + p // 2] if p >= 2 else [p]
+        p *= 2
+    return [*ladder, nlist]
+
+
+def _exact_top(vectors, ids, queries, query_ids, k: int) -> np.ndarray:
+    """Exact top-k ids per query, the query's own id left out."""
+    out = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), 64):
+        s = queries[start : start + 64] @ vectors.T
+        s[ids[None, :] == query_ids[start : start + 64, None]] = -np.inf
+        top = np.argpartition(-s, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, top, 1), axis=1)
+        out[start : start + 64] = ids[np.take_along_axis(top, order, 1)]
+    return out
+
+
+def _recall(found: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> float:
+    k = truth.shape[1]
+    hits = 0
+    for row, own, want in zip(found, query_ids, truth, strict=True):
+        got = [i for i in row.tolist() if i != own and i >= 0][:k]
+        hits += len(set(got) & set(want.tolist()))
+    return hits / truth.size if truth.size else 1.0
