@@ -45,7 +45,7 @@ def test_k_larger_than_index_and_min_score(runner, tmp_path):
     rows = json.loads(run_cli(runner, "search", "x", "-k", "50", "--format", "json").stdout)
     assert len(rows) == 3
     rows = json.loads(
-        run_cli(runner, "search", "x", "--min-score", "1.01", "--format", "json").stdout
+        run_cli(runner, "search", "x", "--min-score", "1", "--format", "json").stdout
     )
     assert rows == []
 
