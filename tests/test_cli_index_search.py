@@ -44,9 +44,7 @@ def test_k_larger_than_index_and_min_score(runner, tmp_path):
     run_cli(runner, "index", str(folder), *TINY)
     rows = json.loads(run_cli(runner, "search", "x", "-k", "50", "--format", "json").stdout)
     assert len(rows) == 3
-    rows = json.loads(
-        run_cli(runner, "search", "x", "--min-score", "1", "--format", "json").stdout
-    )
+    rows = json.loads(run_cli(runner, "search", "x", "--min-score", "1", "--format", "json").stdout)
     assert rows == []
 
 
