@@ -31,7 +31,13 @@ from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_so
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model
-from clipdex.search.query import CatalogScan, SearchResult, query_vector, search_vectors
+from clipdex.search.query import (
+    CatalogScan,
+    SearchResult,
+    check_query,
+    query_vector,
+    search_vectors,
+)
 from clipdex.sources import open_source
 from clipdex.sources.remote import StoreOptions
 from clipdex.storage.catalog import Catalog
@@ -39,14 +45,11 @@ from clipdex.storage.labels import LabelStore
 from clipdex.storage.lock import WriterLock
 from clipdex.types import LabelSet, ModelIdentity, ProgressCallback
 from clipdex.vectors import (
-    DEFAULT_KIND,
     LoadReport,
     VectorStore,
-    rebuild_store,
-    save_store,
-    store_type,
 )
 from clipdex.vectors.check import CheckReport, check_index
+from clipdex.vectors.settings import apply_settings, check_settings
 
 
 class Index:
@@ -155,14 +158,7 @@ class Index:
             exact: scan every stored vector exactly (streamed from the catalog),
                 whatever the kind of the vector store.
         """
-        if k < 1:
-            raise QueryError(f"k must be at least 1 (got {k})")
-        if text is not None and not text.strip():
-            raise QueryError("the query text is empty")
-        if min_score is not None and not -1.0 <= min_score <= 1.0:
-            raise QueryError(f"the minimum score is a cosine between -1 and 1 (got {min_score})")
-        if like is not None and (text is not None or image is not None):
-            raise QueryError("search by a stored image alone, not with a text or an image")
+        check_query(text, image, k, min_score, like)
         _ = self.vectors  # an empty index says so before any model loads
         among = None
         if label is not None:
@@ -303,10 +299,7 @@ class Index:
                 reach (0 < r <= 1; default 0.95), kept by later runs.
             on_progress: called as on_progress(phase, done, total).
         """
-        if index_type is not None:
-            store_type(index_type)  # QueryError for a kind clipdex does not know
-        if target_recall is not None and not 0 < target_recall <= 1:
-            raise QueryError(f"the target recall must be in (0, 1], not {target_recall}")
+        check_settings(index_type, target_recall)
         try:
             source = open_source(
                 path,
@@ -339,7 +332,7 @@ class Index:
                 # then forget every source's vectors, which the old model made.
                 self._models.load(model)
                 catalog.reset()
-            self._apply_index_settings(catalog, index_type, target_recall)
+            apply_settings(self.folder, catalog, index_type, target_recall)
             options = RunOptions(
                 rebuild=rebuild,
                 batch_size=batch_size,
@@ -352,21 +345,6 @@ class Index:
             return index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress
             )
-
-    def _apply_index_settings(
-        self, catalog: Catalog, index_type: str | None, target_recall: float | None
-    ) -> None:
-        """Record the store's kind and recall target; when either changes, rebuild the
-        saved store from the stored vectors (nothing is re-embedded)."""
-        kind, target = catalog.index_settings()
-        changed = (index_type is not None and index_type != (kind or DEFAULT_KIND)) or (
-            target_recall is not None and target_recall != target
-        )
-        if index_type is None and target_recall is None:
-            return
-        catalog.set_index_settings(index_type, target_recall)
-        if changed and catalog.model_identity() is not None:
-            save_store(rebuild_store(catalog), self.folder)
 
     def forget(self, source: str | Path, *, wait: bool = False) -> IndexReport:
         """Drop a source: its images are removed unless another source lists them too

@@ -14,6 +14,24 @@ from clipdex.storage.catalog import Catalog
 from clipdex.vectors import EMPTY_INDEX, VectorStore
 
 
+def check_query(
+    text: str | None,
+    image: str | Path | None,
+    k: int,
+    min_score: float | None = None,
+    like: int | None = None,
+) -> None:
+    """QueryError for a request that cannot be answered as asked."""
+    if k < 1:
+        raise QueryError(f"k must be at least 1 (got {k})")
+    if text is not None and not text.strip():
+        raise QueryError("the query text is empty")
+    if min_score is not None and not -1.0 <= min_score <= 1.0:
+        raise QueryError(f"the minimum score is a cosine between -1 and 1 (got {min_score})")
+    if like is not None and (text is not None or image is not None):
+        raise QueryError("search by a stored image alone, not with a text or an image")
+
+
 def query_vector(
     embedder: Embedder, text: str | None = None, image: str | Path | None = None
 ) -> np.ndarray:
