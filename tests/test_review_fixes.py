@@ -66,3 +66,17 @@ def test_a_read_only_open_reads_a_schema_3_catalog(runner, images, index_dir):
         catalog.close()
     with clipdex.open_index(index_dir) as index:  # a writer's open migrates it
         assert index.catalog.schema_version == 4
+
+
+def test_a_rebuild_with_another_model_names_the_sources_it_forgot(runner, tmp_path):
+    make_images(tmp_path / "a", 3)
+    make_images(tmp_path / "b", 2, seed=1)
+    run_cli(runner, "index", str(tmp_path / "a"), *TINY)
+    run_cli(runner, "index", str(tmp_path / "b"))
+    result = run_cli(
+        runner, "index", str(tmp_path / "a"), "--model", "clipdex-tiny-96", "--rebuild"
+    )
+    assert "3 added" in result.stdout
+    assert "forgot 1 other source(s)" in result.stderr and str(tmp_path / "b") in result.stderr
+    data = json.loads(run_cli(runner, "status", "--format", "json").stdout)
+    assert [s["uri"] for s in data["sources"]] == [str(tmp_path / "a")]

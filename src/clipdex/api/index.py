@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from clipdex.api.folder import default_index_dir, index_exists, prepare_folder, require_writable
@@ -324,6 +325,7 @@ class Index:
             self._models.load(model or ModelSpec())
         prepare_folder(self.folder)
         with self._writing(wait) as catalog:
+            forgotten: tuple[str, ...] = ()
             stored = catalog.model_identity()
             if stored is not None and model is not None and not same_model(stored, model):
                 if not rebuild:
@@ -331,7 +333,7 @@ class Index:
                 # Load the new model first: if it fails, the index is left as it was. Only
                 # then forget every source's vectors, which the old model made.
                 self._models.load(model)
-                catalog.reset()
+                forgotten = tuple(uri for uri in catalog.reset() if uri != source.uri)
             apply_settings(self.folder, catalog, index_type, target_recall)
             options = RunOptions(
                 rebuild=rebuild,
@@ -342,9 +344,10 @@ class Index:
                 fetch_workers=fetch_workers,
                 exact_decode=exact_decode,
             )
-            return index_source(
+            report = index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress
             )
+            return replace(report, forgotten_sources=forgotten)
 
     def forget(self, source: str | Path, *, wait: bool = False) -> IndexReport:
         """Drop a source: its images are removed unless another source lists them too

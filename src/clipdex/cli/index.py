@@ -131,3 +131,11 @@ def index_command(
                 f"{report.failed} failed; {report.embedded} embedded, {report.reused} reused "
                 f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
             )
+            if report.forgotten_sources:
+                names = ", ".join(escape_control(uri) for uri in report.forgotten_sources)
+                click.echo(
+                    f"the new model's rebuild forgot {len(report.forgotten_sources)} other "
+                    f"source(s), whose vectors came from the old model; index them again: "
+                    f"{names}",
+                    err=True,
+                )

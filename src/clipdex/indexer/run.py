@@ -42,6 +42,9 @@ class IndexReport:
     seconds: float
     reused: int = 0  # new or changed files whose stored vector was reused (moves, copies)
     kept: int = 0
+    #: Other sources a rebuild with another model forgot (their vectors were the old
+    #: model's): index them again to search them.
+    forgotten_sources: tuple[str, ...] = ()
 
     @property
     def embedded(self) -> int:

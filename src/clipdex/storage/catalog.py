@@ -160,9 +160,11 @@ class Catalog:
             if identity.checkpoint_path:
                 set_meta(conn, "model_checkpoint_path", identity.checkpoint_path)
 
-    def reset(self) -> None:
-        """Forget every image, vector and the model: used by `--rebuild` with a new model."""
+    def reset(self) -> list[str]:
+        """Forget every image, vector, source and the model (a rebuild with a new model);
+        return the uris of the sources forgotten."""
         with write(self) as conn:
+            forgotten = list(conn.execute(select(Source.uri).order_by(Source.id)).scalars())
             seq = bump_seq(conn)
             ids = list(conn.execute(select(Image.id)).scalars())
             _tombstone(conn, ids, seq)
@@ -173,6 +175,7 @@ class Catalog:
             conn.execute(delete(Source))
             for key in ("model_name", "model_weights", "model_dim", "model_checkpoint_path"):
                 conn.execute(delete(Meta).where(Meta.key == key))
+        return forgotten
 
     # -- sources ---------------------------------------------------------------------------
 
