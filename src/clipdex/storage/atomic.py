@@ -49,18 +49,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **open_args: Any) -> 
             handle.flush()
             _fsync_if_regular(handle.fileno())
         return
-    fd, tmp = _create_temporary(plan)
-    try:
-        with os.fdopen(fd, mode, **open_args) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, plan.path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_folder(plan.path)
+    with _replacing(plan) as (fd, _), os.fdopen(fd, mode, **open_args) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def atomic_write_path(path: str | os.PathLike, write: Callable[[str], object]) -> None:
@@ -70,8 +62,7 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[str], object]) -
     if plan.in_place:
         write(plan.path)
         return
-    fd, tmp = _create_temporary(plan)
-    try:
+    with _replacing(plan) as (fd, tmp):
         os.close(fd)
         write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
@@ -79,6 +70,15 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[str], object]) -
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def _replacing(plan: _Plan) -> Iterator[tuple[int, str]]:
+    """(descriptor, path) of a temporary file beside `plan.path`, renamed onto it when the
+    block ends (then the folder is fsynced); removed instead when the block raises."""
+    fd, tmp = _create_temporary(plan)
+    try:
+        yield fd, tmp
         os.replace(tmp, plan.path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -20,6 +20,17 @@ import numpy as np
 DEFAULT_CHUNK = 65536
 
 
+def as_ids(ids: Iterable[int] | np.ndarray) -> np.ndarray:
+    """Ids as the contiguous int64 array FAISS takes."""
+    values = ids if isinstance(ids, np.ndarray) else list(ids)
+    return np.ascontiguousarray(np.asarray(values, dtype=np.int64))
+
+
+def as_matrix(vectors: np.ndarray) -> np.ndarray:
+    """Vectors as the contiguous float32 matrix FAISS takes."""
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class StoreStats:
     """What `clipdex status` and benchmarks show of a store."""

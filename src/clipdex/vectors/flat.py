@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind
+from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind, as_ids, as_matrix
 
 
 class FlatStore:
@@ -43,14 +43,13 @@ class FlatStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        self.index.add_with_ids(as_matrix(vectors), as_ids(ids))
         self._changed()
 
     def remove(self, ids: Iterable[int]) -> int:
         import faiss
 
-        ids = np.ascontiguousarray(np.asarray(list(ids), dtype=np.int64))
+        ids = as_ids(ids)
         if len(ids) == 0:
             return 0
         removed = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))

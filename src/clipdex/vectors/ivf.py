@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind
+from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind, as_ids, as_matrix
 
 #: Recall@10 against exact search that nprobe is tuned to reach, unless asked otherwise.
 DEFAULT_TARGET_RECALL = 0.95
@@ -126,14 +126,13 @@ class IVFStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        self.index.add_with_ids(as_matrix(vectors), as_ids(ids))
         self._changed()
 
     def remove(self, ids: Iterable[int]) -> int:
         import faiss
 
-        ids = np.ascontiguousarray(np.asarray(list(ids), dtype=np.int64))
+        ids = as_ids(ids)
         if len(ids) == 0:
             return 0
         # a hash-table direct map removes only through an IDSelectorArray
