@@ -20,6 +20,7 @@ from PIL import Image
 
 from clipdex.media.decode import box_factor, load_image, load_image_for
 from clipdex.samples import draw_photo
+from clipdex.storage.schema import SCHEMA_VERSION
 from conftest import TINY, make_images, run_cli
 
 PSNR_FLOOR_DB = 45.0
@@ -150,7 +151,7 @@ def test_a_schema_3_catalog_is_migrated_and_counts_its_images_as_unknown(runner,
     db = sqlite3.connect(index_dir / "catalog.sqlite")
     version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     db.close()
-    assert version == "4"
+    assert version == str(SCHEMA_VERSION)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -33,7 +33,8 @@ def create_or_migrate(db: Database) -> None:
             set_meta(conn, "schema_version", str(current))
 
 
-#: The oldest schema a read-only open still reads (4 only added images.decode).
+#: The oldest schema a read-only open still reads (4 added images.decode, 5 the photo_meta
+#: and query_vectors tables: readers check `schema_version` before using them).
 OLDEST_READABLE = 3
 
 

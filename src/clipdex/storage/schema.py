@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Base(DeclarativeBase):
@@ -72,14 +72,15 @@ class Image(Base):
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     format: Mapped[str | None] = mapped_column(String, nullable=True)
-    #: size + SHA-256 of the first and last 64 KiB: finds moved and copied files.
+    #: size + SHA-256 of the whole file: finds moved and copied files.
     fingerprint: Mapped[str | None] = mapped_column(String, nullable=True)
     status: Mapped[str] = mapped_column(String)  # "ok" or "failed"
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     seq: Mapped[int] = mapped_column(Integer)  # change sequence of the last write
     indexed_at: Mapped[float] = mapped_column(Float)
-    #: How the model saw it: "exact" (full decode), "draft" (decoded smaller); None: failed,
-    #: or embedded before schema 4.
+    #: How the model saw it: "exact" (full decode), "draft" (decoded smaller), "imported"
+    #: (the vector came from an export, not from this clipdex); None: failed, or embedded
+    #: before schema 4.
     decode: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
@@ -164,6 +165,38 @@ class Assignment(Base):
     probability: Mapped[float] = mapped_column(Float)
 
 
+class PhotoMeta(Base):
+    """What a photo says about itself (EXIF), read once per image content.
+
+    A row exists once the image's metadata was read (even when it had none), so the next
+    run fills in images indexed before schema 5 without embedding them again.
+    """
+
+    __tablename__ = "photo_meta"
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: Capture time as a UTC epoch; the camera's local time when it recorded no offset.
+    taken_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    #: Capture time as the photo wrote it, ISO 8601, with its offset when it had one.
+    taken_local: Mapped[str | None] = mapped_column(String, nullable=True)
+    camera: Mapped[str | None] = mapped_column(Text, nullable=True)  # "make model"
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    orientation: Mapped[int | None] = mapped_column(Integer, nullable=True)  # EXIF 1-8
+
+
+class QueryVector(Base):
+    """A text query's vector under one model: a repeated query skips the model."""
+
+    __tablename__ = "query_vectors"
+    #: sha256 of the model identity and the query text.
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    used_at: Mapped[float] = mapped_column(Float, index=True)
+
+
 def _add_classification_and_fingerprints(conn: Connection) -> None:
     """Version 2: classification tables; a content fingerprint and folder per image."""
     Base.metadata.create_all(
@@ -194,9 +227,15 @@ def _add_decode(conn: Connection) -> None:
     conn.exec_driver_sql("ALTER TABLE images ADD COLUMN decode VARCHAR")
 
 
+def _add_photo_meta_and_query_vectors(conn: Connection) -> None:
+    """Version 5: photo metadata (EXIF) per image; cached text-query vectors."""
+    Base.metadata.create_all(conn, tables=[PhotoMeta.__table__, QueryVector.__table__])
+
+
 #: MIGRATIONS[n] upgrades a catalog from schema version n to n + 1.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_classification_and_fingerprints,
     2: _add_image_sources,
     3: _add_decode,
+    4: _add_photo_meta_and_query_vectors,
 }
