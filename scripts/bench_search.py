@@ -19,27 +19,10 @@ import time
 
 import numpy as np
 
+from _synthetic import clustered
 from clipdex.vectors import new_store
 
 KINDS = ("flat", "ivf", "ivf-sq8", "ivf-pq")
-
-
-def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
-    """n unit vectors from `clusters` anisotropic Gaussian clusters of uneven sizes."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    sizes = rng.dirichlet(np.full(clusters, 2.0))
-    axes = (rng.normal(size=(clusters, 8, dim)) * 0.25).astype(np.float32)
-    out = np.empty((n, dim), np.float32)
-    for start in range(0, n, 50_000):
-        m = min(50_000, n - start)
-        which = rng.choice(clusters, size=m, p=sizes)
-        spread = rng.normal(size=(m, 8)).astype(np.float32)
-        rows = centres[which] + np.einsum("nk,nkd->nd", spread, axes[which])
-        rows += rng.normal(size=(m, dim)).astype(np.float32) * 0.04
-        out[start : start + m] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-    return out
 
 
 def exact_top(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
