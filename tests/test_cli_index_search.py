@@ -35,7 +35,10 @@ def test_search_formats(runner, images):
     paths = run_cli(runner, "search", "a cat", "-k", "3", "--format", "paths").stdout.splitlines()
     assert len(paths) == 3 and all(p.startswith(str(images)) for p in paths)
     csv_lines = run_cli(runner, "search", "a cat", "-k", "2", "--format", "csv").stdout.splitlines()
-    assert csv_lines[0] == "rank,id,uri,score,width,height" and len(csv_lines) == 3
+    assert (
+        csv_lines[0] == "rank,id,uri,score,width,height,taken_at,camera,lat,lon"
+        and len(csv_lines) == 3
+    )
 
 
 def test_k_larger_than_index_and_min_score(runner, tmp_path):

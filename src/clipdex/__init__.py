@@ -25,15 +25,19 @@ _EXPORTS = {
     "Embedder": "clipdex.models.open_clip",
     "IndexReport": "clipdex.indexer.run",
     "SearchResult": "clipdex.search.results",
+    "Filters": "clipdex.search.filters",
+    "Near": "clipdex.search.filters",
 }
 
 __all__ = [
     "Embedder",
+    "Filters",
     "Index",
     "IndexReport",
     "IndexStatus",
     "ModelIdentity",
     "ModelSpec",
+    "Near",
     "SearchResult",
     "__version__",
     "open_index",
@@ -44,6 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from clipdex.indexer.run import IndexReport
     from clipdex.models.open_clip import Embedder
     from clipdex.models.spec import ModelSpec
+    from clipdex.search.filters import Filters, Near
     from clipdex.search.results import SearchResult
     from clipdex.types import ModelIdentity
 

@@ -31,3 +31,18 @@ class LabelSet:
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+@dataclass(frozen=True)
+class PhotoMeta:
+    """What a photo says about itself (EXIF), after sanity checks; None where it says
+    nothing believable. `taken_at` is a UTC epoch (the camera's clock read as UTC when the
+    photo recorded no offset); `taken_local` is the capture time as the photo wrote it,
+    ISO 8601, with its offset when it had one."""
+
+    taken_at: float | None = None
+    taken_local: str | None = None
+    camera: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    orientation: int | None = None

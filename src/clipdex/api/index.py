@@ -32,6 +32,7 @@ from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_so
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model
+from clipdex.search.filters import Filters, check_sort, restrict, sort_results
 from clipdex.search.query import (
     CatalogScan,
     SearchResult,
@@ -143,6 +144,8 @@ class Index:
         label: str | None = None,
         like: int | None = None,
         exact: bool = False,
+        filters: Filters | None = None,
+        sort: str = "score",
     ) -> list[SearchResult]:
         """Nearest images to a text, an image file, both, or a stored image, best first
         (cosine scores).
@@ -158,8 +161,14 @@ class Index:
                 embedded); the image itself is left out of the results.
             exact: scan every stored vector exactly (streamed from the catalog),
                 whatever the kind of the vector store.
+            filters: capture date, camera and place conditions (search.filters.Filters),
+                ANDed with `label`; they restrict the candidates before ranking. No image
+                meeting them: an empty list.
+            sort: "score" (best first) or "date" (the k best, oldest first by capture
+                time; undated ones last, by score).
         """
         check_query(text, image, k, min_score, like)
+        check_sort(sort)
         _ = self.vectors  # an empty index says so before any model loads
         among = None
         if label is not None:
@@ -168,6 +177,9 @@ class Index:
                 raise QueryError(
                     f"no image is labelled '{label}'; label images first with `clipdex classify`"
                 )
+        among = restrict(self.catalog, among, filters)
+        if among is not None and len(among) == 0:
+            return []
         if like is not None:
             query = self.catalog.vector_of(like)
             if query is None:
@@ -175,13 +187,14 @@ class Index:
             with self._lock:
                 store = CatalogScan(self.catalog) if exact else self.vectors
                 found = search_vectors(self.catalog, store, query, k + 1, min_score, among)
-            return [hit for hit in found if hit.id != like][:k]
+            return sort_results([hit for hit in found if hit.id != like][:k], sort)
         embedder = self.embedder()
         query = query_vector(embedder, text, image)
         with self._lock:  # FAISS may not be searched while another thread catches it up
             vectors = self._reader.vectors_of(embedder)
             store = CatalogScan(self.catalog) if exact else vectors
-            return search_vectors(self.catalog, store, query, k, min_score, among)
+            found = search_vectors(self.catalog, store, query, k, min_score, among)
+        return sort_results(found, sort)
 
     def classify(
         self,

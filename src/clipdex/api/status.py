@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from clipdex.storage.catalog import CATALOG_FILE
+from clipdex.storage.photo_meta import PhotoMetaStore, PhotoSummary
 from clipdex.types import ModelIdentity
 from clipdex.vectors import DEFAULT_KIND, INDEX_FILE, LoadReport
 
@@ -45,6 +46,8 @@ class IndexStatus:
     decode: dict[str, int] = field(default_factory=dict)
     #: The store's own settings (an IVF's nlist, nprobe, code size, measured recall@10).
     index_parameters: dict = field(default_factory=dict)
+    #: Photo metadata: how many images are dated, placed, have a camera; the date range.
+    photos: PhotoSummary = field(default_factory=PhotoSummary)
 
 
 def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
@@ -72,6 +75,7 @@ def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
         label_counts=label_counts,
         decode=catalog.decode_counts(),
         index_parameters=dict(vectors.stats().parameters) if vectors else {},
+        photos=PhotoMetaStore(catalog).summary(),
     )
 
 

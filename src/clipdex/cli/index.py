@@ -131,6 +131,12 @@ def index_command(
                 f"{report.failed} failed; {report.embedded} embedded, {report.reused} reused "
                 f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
             )
+            if report.meta_filled:
+                click.echo(
+                    f"read the photo metadata of {report.meta_filled} images indexed before "
+                    "(nothing re-embedded)",
+                    err=True,
+                )
             if report.forgotten_sources:
                 names = ", ".join(escape_control(uri) for uri in report.forgotten_sources)
                 click.echo(

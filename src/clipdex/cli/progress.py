@@ -8,6 +8,7 @@ import sys
 PHASES = {
     "scan": ("scanning {label}", "files"),
     "embed": ("embedding", "images"),
+    "metadata": ("reading photo metadata", "images"),
     "labels": ("encoding label prompts", "prompts"),
     "classify": ("classifying", "images"),
     "train": ("training", "steps"),

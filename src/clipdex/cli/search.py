@@ -8,6 +8,12 @@ import click
 
 from clipdex.cli.options import format_option, handle_errors, index_option, runtime_options
 from clipdex.cli.output import SEARCH_FORMATS, write_rows
+from clipdex.cli.photo_filters import (
+    PHOTO_COLUMNS,
+    note_no_match,
+    photo_filter_options,
+    photo_filters,
+)
 
 
 @click.command("search")
@@ -31,12 +37,13 @@ from clipdex.cli.output import SEARCH_FORMATS, write_rows
 @click.option(
     "--exact", is_flag=True, help="Scan every stored vector exactly (whatever the index type)."
 )
+@photo_filter_options
 @index_option
 @format_option(SEARCH_FORMATS)
 @runtime_options
 @handle_errors
 def search_command(
-    query, image, k, min_score, label, like, exact, index_dir, fmt, device, precision
+    query, image, k, min_score, label, like, exact, index_dir, fmt, device, precision, **photo
 ) -> None:
     """Find the images nearest to a text or an example image.
 
@@ -47,6 +54,8 @@ def search_command(
         clipdex search "sleeping" --label cat
         clipdex search --like 1234 -k 20
         clipdex search "a red car" --exact
+        clipdex search "beach" --after 2023-06-01 --before 2023-09-01 --sort date
+        clipdex search "dog" --camera Pixel --near 48.8566,2.3522,25km
     """
     from clipdex.api import Index
 
@@ -54,14 +63,26 @@ def search_command(
         raise click.UsageError("give a QUERY text, --image FILE or --like ID")
     if like is not None and (query is not None or image is not None):
         raise click.UsageError("--like searches by a stored image alone (no QUERY or --image)")
+    filters, sort = photo_filters(photo)
     with Index(index_dir, device=device, precision=precision) as index:
         results = index.search(
-            query, image=image, k=k, min_score=min_score, label=label, like=like, exact=exact
+            query,
+            image=image,
+            k=k,
+            min_score=min_score,
+            label=label,
+            like=like,
+            exact=exact,
+            filters=filters,
+            sort=sort,
         )
+    note_no_match(results, filters, min_score)
     rows = [dict(rank=rank, **hit.as_dict()) for rank, hit in enumerate(results, 1)]
     columns = (
         ("rank", "score", "uri")
         if fmt == "table"
-        else ("rank", "id", "uri", "score", "width", "height")
+        else ("rank", "id", "uri", "score", "width", "height", *PHOTO_COLUMNS)
     )
+    if fmt == "table" and any(hit.taken_at for hit in results):
+        columns = ("rank", "score", "taken_at", "uri")
     write_rows(rows, columns, fmt)

@@ -80,6 +80,8 @@ def print_status(status: IndexStatus, fmt: str) -> None:
         f"{_size(status.index_bytes)} on disk (catalog {_size(status.catalog_bytes)})",
         f"changes:  {status.change_seq}",
     ]
+    if status.images:
+        lines.insert(3, f"photos:   {_photos(status)}")
     if status.index_parameters:
         lines.insert(-1, f"          {_parameters(status.index_parameters)}")
     if status.index_load is not None and status.index_load.action != "loaded":
@@ -107,6 +109,24 @@ def print_status(status: IndexStatus, fmt: str) -> None:
         )
     for line in lines:
         click.echo(line)
+
+
+def _photos(status: IndexStatus) -> str:
+    """Dated, placed and camera counts and the date range, in words."""
+    p = status.photos
+    span = ""
+    if p.first_taken is not None and p.last_taken is not None:
+        first, last = (
+            time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (p.first_taken, p.last_taken)
+        )
+        span = f" ({first} to {last})"
+    text = (
+        f"{p.dated} dated{span}, {p.placed} with a place, "
+        f"{p.with_camera} with a camera ({p.cameras} cameras)"
+    )
+    if p.unread:
+        text += f"; {p.unread} not read yet (the next `clipdex index` reads them)"
+    return text
 
 
 def _size(n: int) -> str:

@@ -23,6 +23,7 @@ from clipdex.errors import ImageDecodeError
 from clipdex.media.decode import DEFAULT_MAX_PIXELS, LoadedImage, load_image_for
 from clipdex.sources.fingerprint import read_fingerprinted
 from clipdex.sources.local import FileEntry
+from clipdex.types import PhotoMeta
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,6 +41,7 @@ class Decoded:
     error: str | None = None
     fingerprint: str | None = None
     decode: str | None = None
+    meta: PhotoMeta | None = None
 
 
 @dataclass
@@ -84,7 +86,14 @@ class _DecodeDataset:
 def decoded(entry: FileEntry, loaded: LoadedImage, fingerprint: str | None) -> Decoded:
     """The Decoded of an image that loaded."""
     return Decoded(
-        entry, loaded.width, loaded.height, loaded.format, None, fingerprint, loaded.decode
+        entry,
+        loaded.width,
+        loaded.height,
+        loaded.format,
+        None,
+        fingerprint,
+        loaded.decode,
+        loaded.meta,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
 from clipdex.errors import SourceError
 from clipdex.indexer.fetch_pipeline import fetch_batches
+from clipdex.indexer.photo_meta import fill_photo_meta
 from clipdex.indexer.pipeline import Batch, decode_batches
 from clipdex.indexer.plan import Reuse, SyncPlan, plan_sync
 from clipdex.media.decode import DEFAULT_MAX_PIXELS
@@ -45,6 +46,8 @@ class IndexReport:
     #: Other sources a rebuild with another model forgot (their vectors were the old
     #: model's): index them again to search them.
     forgotten_sources: tuple[str, ...] = ()
+    #: Images indexed before whose photo metadata (EXIF) this run read, without embedding.
+    meta_filled: int = 0
 
     @property
     def embedded(self) -> int:
@@ -134,6 +137,7 @@ def index_source(
             raise
         if vectors.dirty:
             save_store(vectors, folder)
+    meta_filled = fill_photo_meta(catalog, source, source_id, on_progress=on_progress)
     catalog.mark_source_indexed(source_id)
     return IndexReport(
         source=source.uri,
@@ -145,6 +149,7 @@ def index_source(
         seconds=time.perf_counter() - started,
         reused=len(plan.reuse),
         kept=kept,
+        meta_filled=meta_filled,
     )
 
 
@@ -267,6 +272,7 @@ def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:
             error=item.error,
             fingerprint=item.fingerprint,
             decode=item.decode,
+            meta=item.meta,
         )
         if item.error is None:
             record.vector = vectors[position]

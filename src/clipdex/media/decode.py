@@ -1,4 +1,10 @@
-"""Safe image loading: format sniffing, a decompression-bomb guard, EXIF orientation, RGB."""
+"""Safe image loading: format sniffing, a decompression-bomb guard, EXIF orientation, RGB.
+
+HEIC/HEIF decode through pillow-heif and AVIF through Pillow's own plugin (or
+pillow-avif-plugin on an older Pillow), registered on first use; without them such files
+are recorded as failures with the reason. The photo's metadata (media/exif.py) is read
+from the same opened image, so a file is read once.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +19,19 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from clipdex.errors import ImageDecodeError
+from clipdex.media import exif
+from clipdex.types import PhotoMeta
 
 #: Extensions clipdex indexes without looking inside the file.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+    | {".heic", ".heif", ".hif", ".avif"}
 )
 #: Formats Pillow may decode: anything else (PDF, PSD, EPS...) is refused.
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "HEIF", "AVIF"})
+#: ISO base media file brands (the `ftyp` box) of HEIF images (HEIC is HEVC in HEIF).
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
 #: Default pixel limit: about 89 megapixels, Pillow's own bomb threshold.
 DEFAULT_MAX_PIXELS = 89_478_485
 #: EXIF orientation -> the Image.transpose method that makes the image upright.
@@ -48,7 +60,40 @@ def sniff_format(header: bytes) -> str | None:
         return "WEBP"
     if header[:4] in (b"II*\x00", b"MM\x00*"):
         return "TIFF"
+    if header[4:8] == b"ftyp":
+        if header[8:12] in AVIF_BRANDS:
+            return "AVIF"
+        if header[8:12] in HEIF_BRANDS:
+            return "HEIF"
     return None
+
+
+_plugins_lock = threading.Lock()
+_plugins_registered = False
+
+
+def register_plugins() -> None:
+    """Register the HEIF (pillow-heif) and, where Pillow lacks it, AVIF openers, once.
+
+    Lazy: importing them costs time the CLI's start-up should not pay. A plugin that is not
+    installed is skipped; its files then fail with "unsupported format".
+    """
+    global _plugins_registered
+    if _plugins_registered:
+        return
+    with _plugins_lock:
+        if _plugins_registered:
+            return
+        with contextlib.suppress(ImportError):
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        from PIL import features
+
+        if not features.check("avif"):
+            with contextlib.suppress(ImportError):
+                import pillow_avif  # noqa: F401  (registers itself on import)
+        _plugins_registered = True
 
 
 @dataclass
@@ -65,6 +110,8 @@ class LoadedImage:
     width: int
     height: int
     decode: str
+    #: The photo's EXIF metadata (None when reading it is switched off).
+    meta: PhotoMeta | None = None
 
 
 def load_image(path: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -83,6 +130,7 @@ def load_image_for(
     """
     from PIL import Image, UnidentifiedImageError
 
+    register_plugins()
     try:
         with _open(path) as handle:
             header = handle.read(16)
@@ -111,6 +159,7 @@ def load_image_for(
             image.load()  # pixels decode outside the lock, in parallel across threads
             with _pillow_quiet():
                 orientation = image.getexif().get(0x0112)
+                meta = exif.photo_meta(image) if exif.READ_EXIF else None
             source_format = image.format
             if isinstance(orientation, int) and orientation in ORIENTATIONS:
                 image = image.transpose(Image.Transpose[ORIENTATIONS[orientation]])
@@ -123,7 +172,7 @@ def load_image_for(
                     image = image.reduce(factor)
                     drafted = True
             decode = "draft" if drafted else "exact"
-            return LoadedImage(image, source_format, width, height, decode)
+            return LoadedImage(image, source_format, width, height, decode, meta)
     except ImageDecodeError:
         raise
     except FileNotFoundError:
@@ -137,6 +186,25 @@ def load_image_for(
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageDecodeError(f"corrupt or truncated: {reason}") from None
+
+
+def read_photo_meta(path: str | Path | bytes) -> PhotoMeta:
+    """The metadata of an image file without decoding its pixels (images indexed before
+    clipdex read metadata); ImageDecodeError when it is no longer an image."""
+    from PIL import Image
+
+    register_plugins()
+    try:
+        with _open(path) as handle:
+            if sniff_format(handle.read(16)) is None:
+                raise ImageDecodeError("not an image (unrecognised header)")
+            handle.seek(0)
+            with _pillow_quiet(), Image.open(handle) as image:
+                return exif.photo_meta(image)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot read metadata: {type(exc).__name__}") from None
 
 
 def box_factor(size: tuple[int, int], min_side: int) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 from clipdex.errors import CatalogError, ImageDecodeError, QueryError
 from clipdex.media.decode import load_image
 from clipdex.models.open_clip import Embedder
+from clipdex.search.filters import with_photo_meta
 from clipdex.search.results import SearchResult
 from clipdex.storage.catalog import Catalog
 from clipdex.vectors import EMPTY_INDEX, VectorStore
@@ -103,8 +104,11 @@ def search_vectors(
         pairs = [(i, s) for i, s in pairs if s >= min_score]
     rows = catalog.images(i for i, _ in pairs)
     # A row missing here was deleted after the index was read: never return it.
-    return [
-        SearchResult(i, rows[i].uri, s, rows[i].width, rows[i].height)
-        for i, s in pairs
-        if i in rows and rows[i].status == "ok"
-    ]
+    return with_photo_meta(
+        catalog,
+        [
+            SearchResult(i, rows[i].uri, s, rows[i].width, rows[i].height)
+            for i, s in pairs
+            if i in rows and rows[i].status == "ok"
+        ],
+    )

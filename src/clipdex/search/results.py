@@ -12,6 +12,13 @@ class SearchResult:
     score: float  # cosine similarity, in [-1, 1]
     width: int | None = None
     height: int | None = None
+    #: Capture time as the photo wrote it (ISO 8601, with its offset when it had one).
+    taken_at: str | None = None
+    camera: str | None = None  # "make model"
+    lat: float | None = None
+    lon: float | None = None
+    #: Capture time as a UTC epoch (the camera's clock read as UTC without an offset).
+    taken_utc: float | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -20,4 +27,8 @@ class SearchResult:
             "score": round(self.score, 6),
             "width": self.width,
             "height": self.height,
+            "taken_at": self.taken_at,
+            "camera": self.camera,
+            "lat": self.lat,
+            "lon": self.lon,
         }

@@ -29,6 +29,7 @@ from clipdex.storage.db import (
     write,
 )
 from clipdex.storage.migrate import check_version, create_or_migrate
+from clipdex.storage.photo_meta import write_meta
 from clipdex.storage.schema import (
     SCHEMA_VERSION,
     ClassifyRun,
@@ -40,7 +41,7 @@ from clipdex.storage.schema import (
     Vector,
 )
 from clipdex.storage.snapshot import Snapshot, read_vectors
-from clipdex.types import ModelIdentity
+from clipdex.types import ModelIdentity, PhotoMeta
 
 CATALOG_FILE = "catalog.sqlite"
 
@@ -60,6 +61,8 @@ class ImageRecord:
     fingerprint: str | None = None
     #: "exact" (the model saw the full decode), "draft" (a smaller decode), None: unknown.
     decode: str | None = None
+    #: The photo's EXIF metadata, read with its pixels; None: not read (the next run does).
+    meta: PhotoMeta | None = None
 
     @property
     def ok(self) -> bool:
@@ -287,6 +290,7 @@ class Catalog:
                     "ON CONFLICT (image_id) DO UPDATE SET vector = excluded.vector",
                     [(ids[r.uri], np.ascontiguousarray(r.vector, "<f4").tobytes()) for r in ok],
                 )
+            write_meta(conn, [(ids[r.uri], r.meta if r.ok else None) for r in records])
             failed = [(ids[r.uri],) for r in records if not r.ok]
             if failed:
                 conn.exec_driver_sql("DELETE FROM vectors WHERE image_id = ?", failed)
