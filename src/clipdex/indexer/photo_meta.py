@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from clipdex.errors import ImageDecodeError
+from clipdex.media import exif
 from clipdex.media.decode import read_photo_meta
 from clipdex.sources import Source
 from clipdex.sources.fetch import FileSystems, fetch_bytes
@@ -28,6 +29,8 @@ def fill_photo_meta(
     """Read the metadata of a source's indexed images that have none yet (at most
     `limit`; None: all); return how many were read. A file that cannot be read any more
     gets an empty row: its content is re-read when it is next re-embedded."""
+    if not exif.READ_EXIF:
+        return 0
     store = PhotoMetaStore(catalog)
     todo = store.unread(source_id, limit)
     if not todo:
