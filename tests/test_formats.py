@@ -56,6 +56,7 @@ def test_orientation_turns_heif_and_avif_upright_like_jpeg(tmp_path, fmt):
     assert tops["JPEG"][0] > 200 and tops["JPEG"][1] < 50, tops
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["HEIF", pytest.param("AVIF", marks=needs_avif)])
 def test_heic_and_avif_index_and_search(runner, tmp_path, index_dir, fmt):
     photos = tmp_path / "photos"

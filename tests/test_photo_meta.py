@@ -207,6 +207,7 @@ def test_search_rows_status_and_api_show_metadata(runner, tmp_path, index_dir):
         assert hit.camera == "Google Pixel 7" and hit.taken_utc == first
 
 
+@pytest.mark.slow
 def test_older_images_get_metadata_without_reembedding(runner, tmp_path, index_dir):
     """Rows missing (an index made before schema 5) are read by the next run; nothing is
     embedded again, and a re-embedded (changed) image gets its new metadata."""
