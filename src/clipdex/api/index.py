@@ -292,6 +292,7 @@ class Index:
         exact_decode: bool = False,
         index_type: str | None = None,
         target_recall: float | None = None,
+        thumbnails: bool = True,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
         """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
@@ -324,6 +325,8 @@ class Index:
                 ivf-pq), kept by later runs; a change rebuilds it from the stored vectors.
             target_recall: the recall@10 against exact search an IVF's nprobe is tuned to
                 reach (0 < r <= 1; default 0.95), kept by later runs.
+            thumbnails: store a small WebP/JPEG of each image embedded (made from the
+                pixels decoded for the model) in the index folder, for viewers.
             on_progress: called as on_progress(phase, done, total).
         """
         check_settings(index_type, target_recall)
@@ -369,6 +372,7 @@ class Index:
                 verify=verify,
                 fetch_workers=fetch_workers,
                 exact_decode=exact_decode,
+                thumbnails=thumbnails,
             )
             report = index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress

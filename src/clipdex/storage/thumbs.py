@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from clipdex.storage.catalog import Catalog
+from clipdex.storage.db import raw_read
 
 THUMBS_DIR = "thumbs"
 #: The change sequence up to which deleted images' thumbnails have been removed.
@@ -72,9 +73,12 @@ class ThumbnailStore:
             since = int(marker.read_text().strip() or 0)
         except (OSError, ValueError):
             since = 0
-        with catalog.read_snapshot() as snapshot:
-            seq = snapshot.change_seq()
-            deleted, _ = snapshot.changed_since(since) if seq != since else ([], [])
+        seq = catalog.change_seq()  # read first: a later deletion is pruned next time
+        deleted = []
+        if seq != since:
+            with raw_read(catalog.engine) as cursor:
+                rows = cursor.execute("SELECT image_id FROM tombstones WHERE seq > ?", (since,))
+                deleted = [row[0] for row in rows.fetchall()]
         removed = self.remove(deleted)
         with contextlib.suppress(OSError):
             marker.write_text(str(seq))
