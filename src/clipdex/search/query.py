@@ -123,11 +123,11 @@ def search_batch(
     return [
         with_photo_meta(
             catalog,
-        [
-            SearchResult(i, rows[i].uri, s, rows[i].width, rows[i].height)
-            for i, s in pairs
-            if i in rows and rows[i].status == "ok"
-        ],
+            [
+                SearchResult(i, rows[i].uri, s, rows[i].width, rows[i].height)
+                for i, s in pairs
+                if i in rows and rows[i].status == "ok"
+            ],
         )
         for pairs in per_query
     ]
