@@ -4,9 +4,11 @@
 "use strict";
 
 (() => {
-  const PAGE = 60; // results per request; more pages load on scroll or "Load more"
   const RESTORE_MAX = 600; // back/forward reloads at most this many results of a page seen before
-  const token = new URLSearchParams(location.search).get("token") || "";
+  const startParams = new URLSearchParams(location.search);
+  const token = startParams.get("token") || "";
+  // results per request (?k= sets it); more pages load on scroll or "Load more"
+  const PAGE = Math.min(Math.max(parseInt(startParams.get("k"), 10) || 60, 1), 200);
   const $ = (id) => document.getElementById(id);
 
   const els = {
@@ -133,6 +135,7 @@
     if (q.image) p.set("image", "1");
     if (q.label) p.set("label", q.label);
     if (q.min_score) p.set("min_score", q.min_score);
+    if (PAGE !== 60) p.set("k", String(PAGE));
     if (token) p.set("token", token);
     const search = p.toString();
     return location.pathname + (search ? "?" + search : "");
