@@ -31,6 +31,7 @@ LAYERS = {
     "api": 4,
     "samples": 4,
     "demo": 5,
+    "server": 5,
     "cli": 6,
     "__main__": 7,
     "__init__": 7,

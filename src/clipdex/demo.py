@@ -14,22 +14,29 @@ from clipdex.samples import COLOURS, HELD_OUT, SHAPES, labels, write_samples
 QUERIES = ("a red circle", "a blue star", "a green square")
 
 
-def run_demo(folder: Path | None = None, count: int = 288) -> Iterator[str]:
-    """Write samples, index them with the demo model, search and classify; yield lines."""
+def run_demo(
+    folder: Path | None = None, count: int = 288, index_folder: Path | None = None
+) -> Iterator[str]:
+    """Write samples, index them with the demo model, search and classify; yield lines.
+
+    With `index_folder`, the index is kept there (with its classification run saved, so
+    a server can filter by label); images then go to `folder` or beside the index.
+    """
     from clipdex.api import open_index
     from clipdex.classify.runs import ClassifyOptions
     from clipdex.types import LabelSet
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="clipdex-demo-") as tmp:
-        images = Path(folder) if folder is not None else Path(tmp) / "shapes"
+        base = Path(index_folder).parent if index_folder is not None else Path(tmp)
+        images = Path(folder) if folder is not None else base / "shapes"
         samples = write_samples(images, count, seed=1, size=96)
         truth = {str(s.path): f"{s.colour} {s.shape}" for s in samples}
-        where = images if folder is not None else "a temporary folder"
+        where = images if folder is not None or index_folder else "a temporary folder"
         yield f"wrote {len(samples)} images of coloured shapes to {where}"
         held = sorted(HELD_OUT)[0]
         queries = [*QUERIES, f"a {held[0]} {held[1]}"]
-        with open_index(Path(tmp) / "index") as index:
+        with open_index(index_folder or Path(tmp) / "index") as index:
             report = index.add(images, model=ModelSpec(DEMO_MODEL))
             yield (
                 f"indexed them with {DEMO_MODEL} (a small model trained on generated shapes, "
@@ -48,7 +55,7 @@ def run_demo(folder: Path | None = None, count: int = 288) -> Iterator[str]:
                 for hit in hits:
                     yield f"  {hit.score:.3f}  {Path(hit.uri).name}"
             result = index.classify(
-                LabelSet(labels()), ClassifyOptions(templates="none", save=False)
+                LabelSet(labels()), ClassifyOptions(templates="none", save=index_folder is not None)
             )
             records = list(result.records(index.catalog))
         correct = [r for r in records if truth.get(r["uri"]) == r["label"]]

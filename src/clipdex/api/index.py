@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from clipdex.api.folder import default_index_dir, index_exists, prepare_folder, require_writable
 from clipdex.api.models import ModelLoader
 from clipdex.api.reader import Reader
@@ -37,6 +39,7 @@ from clipdex.search.query import (
     SearchResult,
     check_query,
     query_vector,
+    search_batch,
     search_vectors,
 )
 from clipdex.sources import open_source
@@ -161,13 +164,7 @@ class Index:
         """
         check_query(text, image, k, min_score, like)
         _ = self.vectors  # an empty index says so before any model loads
-        among = None
-        if label is not None:
-            among = LabelStore(self.catalog).ids_with_label(label)
-            if len(among) == 0:
-                raise QueryError(
-                    f"no image is labelled '{label}'; label images first with `clipdex classify`"
-                )
+        among = self._among(label)
         if like is not None:
             query = self.catalog.vector_of(like)
             if query is None:
@@ -182,6 +179,35 @@ class Index:
             vectors = self._reader.vectors_of(embedder)
             store = CatalogScan(self.catalog) if exact else vectors
             return search_vectors(self.catalog, store, query, k, min_score, among)
+
+    def search_many(
+        self, queries: np.ndarray, k: int = 10, *, label: str | None = None, model=None
+    ) -> list[list[SearchResult]]:
+        """Nearest images to each row of `queries` (unit vectors), best first, in one
+        vector-store search: a server answers concurrent queries together this way.
+
+        Args:
+            queries: (n, dim) float32 unit vectors.
+            k: results per query (>= 1).
+            label: search only images whose top label it is (as in `search`).
+            model: the Embedder that made the queries: the index must still hold its
+                vectors (a rebuild with another model meanwhile is refused).
+        """
+        among = self._among(label)
+        with self._lock:  # FAISS may not be searched while another thread catches it up
+            vectors = self._reader.vectors_of(model) if model is not None else self.vectors
+            return search_batch(self.catalog, vectors, queries, k, among)
+
+    def _among(self, label: str | None) -> np.ndarray | None:
+        """The ids a label filter leaves (None: no filter); QueryError when none has it."""
+        if label is None:
+            return None
+        among = LabelStore(self.catalog).ids_with_label(label)
+        if len(among) == 0:
+            raise QueryError(
+                f"no image is labelled '{label}'; label images first with `clipdex classify`"
+            )
+        return among
 
     def classify(
         self,
@@ -266,6 +292,7 @@ class Index:
         exact_decode: bool = False,
         index_type: str | None = None,
         target_recall: float | None = None,
+        thumbnails: bool = True,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
         """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
@@ -298,6 +325,8 @@ class Index:
                 ivf-pq), kept by later runs; a change rebuilds it from the stored vectors.
             target_recall: the recall@10 against exact search an IVF's nprobe is tuned to
                 reach (0 < r <= 1; default 0.95), kept by later runs.
+            thumbnails: store a small WebP/JPEG of each image embedded (made from the
+                pixels decoded for the model) in the index folder, for viewers.
             on_progress: called as on_progress(phase, done, total).
         """
         check_settings(index_type, target_recall)
@@ -343,6 +372,7 @@ class Index:
                 verify=verify,
                 fetch_workers=fetch_workers,
                 exact_decode=exact_decode,
+                thumbnails=thumbnails,
             )
             report = index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress

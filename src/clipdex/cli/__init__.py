@@ -18,6 +18,7 @@ from clipdex.cli.forget import forget_command
 from clipdex.cli.index import index_command
 from clipdex.cli.models import models_command
 from clipdex.cli.search import search_command
+from clipdex.cli.serve import serve_command
 from clipdex.cli.status import status_command
 
 
@@ -44,6 +45,7 @@ COMMANDS: tuple[click.Command, ...] = (
     classify_command,
     finetune_command,
     demo_command,
+    serve_command,
 )
 
 for _command in COMMANDS:

@@ -18,8 +18,21 @@ from clipdex.cli.options import handle_errors
     show_default=True,
     help="How many sample images to write.",
 )
+@click.option(
+    "--serve",
+    "then_serve",
+    is_flag=True,
+    help="Then serve the demo's index (clipdex serve) until Ctrl-C.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port to serve on, with --serve.",
+)
 @handle_errors
-def demo_command(folder, count) -> None:
+def demo_command(folder, count, then_serve, port) -> None:
     """Offline demo: sample images, indexed and searched with the small shapes model.
 
     Writes coloured-shape images (into FOLDER, or a temporary folder), indexes them with
@@ -30,8 +43,22 @@ def demo_command(folder, count) -> None:
     Example:
         clipdex demo
         clipdex demo ./shapes && clipdex --help
+        clipdex demo --serve
     """
     from clipdex.demo import run_demo
 
-    for line in run_demo(folder, count):
-        click.echo(line)
+    if not then_serve:
+        for line in run_demo(folder, count):
+            click.echo(line)
+        return
+    import tempfile
+
+    from clipdex.cli.serve import serve
+    from clipdex.server.options import DEFAULT_HOST, ServerOptions
+
+    with tempfile.TemporaryDirectory(prefix="clipdex-demo-") as tmp:
+        index_dir = Path(tmp) / "index"
+        for line in run_demo(folder, count, index_dir):
+            click.echo(line)
+        click.echo("")
+        serve(index_dir, DEFAULT_HOST, port, ServerOptions())

@@ -94,6 +94,14 @@ def model_spec(
     help="Recall@10 against exact search an IVF is tuned to reach (default 0.95), "
     "measured on stored vectors and kept by later runs.",
 )
+@click.option(
+    "--no-thumbnails",
+    "thumbnails",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="Store no thumbnails (a viewer like `clipdex serve` then makes them on demand).",
+)
 @wait_option()
 @handle_errors
 def index_command(

@@ -29,9 +29,11 @@ def fetch_batches(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     retry: RetryPolicy | None = None,
     decode_size: int | None = None,
+    thumbnails: bool = False,
 ) -> Iterator[Batch]:
     """Yield batches in the order of `entries`; fetching overlaps the caller's embedding.
-    With `decode_size`, images are decoded no smaller than that on their short side."""
+    With `decode_size`, images are decoded no smaller than that on their short side; with
+    `thumbnails`, each carries a thumbnail made from its decoded image."""
 
     def work(entry: FileEntry) -> tuple[Decoded, Any]:
         fingerprint = entry.stored_fingerprint
@@ -53,7 +55,7 @@ def fetch_batches(
             return Decoded(
                 entry, error=f"preprocessing failed: {exc}", fingerprint=fingerprint
             ), None
-        return decoded(entry, loaded, fingerprint), pixels
+        return decoded(entry, loaded, fingerprint, thumbnails), pixels
 
     pending: deque[tuple[FileEntry, Future]] = deque()
     in_flight = 0

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
 from clipdex.errors import ImageDecodeError
 from clipdex.media.decode import DEFAULT_MAX_PIXELS, LoadedImage, load_image_for
+from clipdex.media.thumbnails import make_thumbnail
 from clipdex.sources.fingerprint import read_fingerprinted
 from clipdex.sources.local import FileEntry
 
@@ -40,6 +41,8 @@ class Decoded:
     error: str | None = None
     fingerprint: str | None = None
     decode: str | None = None
+    #: (encoded bytes, format) of a thumbnail made from the decoded image, when asked for.
+    thumbnail: tuple[bytes, str] | None = None
 
 
 @dataclass
@@ -58,11 +61,13 @@ class _DecodeDataset:
         preprocess: Callable,
         max_pixels: int,
         decode_size: int | None = None,
+        thumbnails: bool = False,
     ):
         self.entries = entries
         self.preprocess = preprocess
         self.max_pixels = max_pixels
         self.decode_size = decode_size
+        self.thumbnails = thumbnails
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -78,13 +83,22 @@ class _DecodeDataset:
             pixels = self.preprocess(loaded.image)
         except Exception as exc:  # a transform failing on a legal image is still one file
             return Decoded(entry, error=f"preprocessing failed: {exc}", fingerprint=content), None
-        return decoded(entry, loaded, content), pixels
+        return decoded(entry, loaded, content, self.thumbnails), pixels
 
 
-def decoded(entry: FileEntry, loaded: LoadedImage, fingerprint: str | None) -> Decoded:
-    """The Decoded of an image that loaded."""
+def decoded(
+    entry: FileEntry, loaded: LoadedImage, fingerprint: str | None, thumbnail: bool = False
+) -> Decoded:
+    """The Decoded of an image that loaded (with a thumbnail of it, if asked for)."""
     return Decoded(
-        entry, loaded.width, loaded.height, loaded.format, None, fingerprint, loaded.decode
+        entry,
+        loaded.width,
+        loaded.height,
+        loaded.format,
+        None,
+        fingerprint,
+        loaded.decode,
+        make_thumbnail(loaded.image) if thumbnail else None,
     )
 
 
@@ -104,9 +118,11 @@ def decode_batches(
     workers: int = DEFAULT_WORKERS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_size: int | None = None,
+    thumbnails: bool = False,
 ) -> Iterator[Batch]:
     """Yield batches of decoded, preprocessed images in the order of `entries`; with
-    `decode_size`, images are decoded no smaller than that on their short side."""
+    `decode_size`, images are decoded no smaller than that on their short side; with
+    `thumbnails`, each carries a thumbnail made from its decoded image."""
     from torch.utils.data import DataLoader
 
     if not entries:
@@ -114,7 +130,7 @@ def decode_batches(
     # Starting worker processes costs more than decoding a couple of batches.
     workers = workers if len(entries) > 2 * batch_size else 0
     loader = DataLoader(
-        _DecodeDataset(entries, preprocess, max_pixels, decode_size),
+        _DecodeDataset(entries, preprocess, max_pixels, decode_size, thumbnails),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,

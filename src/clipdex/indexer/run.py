@@ -13,11 +13,13 @@ from clipdex.errors import SourceError
 from clipdex.indexer.fetch_pipeline import fetch_batches
 from clipdex.indexer.pipeline import Batch, decode_batches
 from clipdex.indexer.plan import Reuse, SyncPlan, plan_sync
+from clipdex.indexer.thumbnails import store_thumbnails
 from clipdex.media.decode import DEFAULT_MAX_PIXELS
 from clipdex.models.open_clip import Embedder
 from clipdex.sources import Source
 from clipdex.sources.fetch import FileSystems
 from clipdex.storage.catalog import Catalog, ImageRecord
+from clipdex.storage.thumbs import ThumbnailStore
 from clipdex.types import ProgressCallback
 from clipdex.vectors import VectorStore, catch_up, is_current, open_store, save_store
 
@@ -68,6 +70,8 @@ class RunOptions:
     #: Decode every image at full size: open_clip's preprocessing bit for bit, slower on
     #: large photos. Otherwise images are decoded at the size the model needs.
     exact_decode: bool = False
+    #: Store a thumbnail of each image embedded (from its decoded pixels) for viewers.
+    thumbnails: bool = True
 
 
 def index_source(
@@ -108,6 +112,7 @@ def index_source(
     has_model = catalog.model_identity() is not None
     stale = has_model and not is_current(folder, catalog)  # killed before a save
     if has_model and (embedder is not None or plan.unlink_ids or plan.reuse or stale):
+        thumbs = ThumbnailStore(folder)
         vectors, _ = open_store(folder, catalog)
         _reuse_vectors(catalog, source_id, plan.reuse)  # before the originals may be deleted
         removed, kept = catalog.links.unlink(source_id, plan.unlink_ids)
@@ -126,6 +131,8 @@ def index_source(
                     on_progress,
                 )
         except BaseException:
+            with contextlib.suppress(Exception):
+                thumbs.prune(catalog)
             # Keep the first error. The FAISS file is derived: if it cannot be saved now,
             # the next open catches it up from the catalog.
             with contextlib.suppress(Exception):
@@ -134,6 +141,7 @@ def index_source(
             raise
         if vectors.dirty:
             save_store(vectors, folder)
+        thumbs.prune(catalog)  # the thumbnails of images deleted now (or by earlier writers)
     catalog.mark_source_indexed(source_id)
     return IndexReport(
         source=source.uri,
@@ -160,6 +168,7 @@ def forget_source(folder: Path, catalog: Catalog, uri: str) -> IndexReport:
         vectors, _ = open_store(folder, catalog)
         if vectors.dirty:
             save_store(vectors, folder)
+    ThumbnailStore(folder).prune(catalog)
     return IndexReport(
         source=uri,
         added=0,
@@ -218,6 +227,7 @@ def _embed_all(
         records = _embed(embedder, batch)
         failed += sum(1 for record in records if not record.ok)
         catalog.write_batch(source_id, records)
+        store_thumbnails(folder, catalog, batch)
         catch_up(vectors, catalog)
         done += len(records)
         if on_progress:
@@ -239,6 +249,7 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
             options.workers,
             options.max_pixels,
             decode_size,
+            options.thumbnails,
         )
     return fetch_batches(
         plan.to_embed,
@@ -248,6 +259,7 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
         options.fetch_workers,
         max_pixels=options.max_pixels,
         decode_size=decode_size,
+        thumbnails=options.thumbnails,
     )
 
 

@@ -89,22 +89,41 @@ def search_vectors(
     among: np.ndarray | None = None,
 ) -> list[SearchResult]:
     """The k nearest live images to a unit query vector, best first (only `among` ids)."""
+    found = search_batch(catalog, vectors, query[None, :], k, among)[0]
+    if min_score is not None:
+        found = [hit for hit in found if hit.score >= min_score]
+    return found
+
+
+def search_batch(
+    catalog: Catalog,
+    vectors: VectorStore,
+    queries: np.ndarray,
+    k: int = 10,
+    among: np.ndarray | None = None,
+) -> list[list[SearchResult]]:
+    """The k nearest live images to each row of `queries` (unit vectors), best first: one
+    vector-store search and one catalog read for all of them."""
     if k < 1:
         raise QueryError(f"k must be at least 1 (got {k})")
     if vectors.ntotal == 0:
         raise CatalogError(EMPTY_INDEX)
-    scores, ids = vectors.search(query[None, :], k, among)
-    pairs, seen = [], set()
-    for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True):
-        if i >= 0 and i not in seen:  # an id twice in FAISS is still one image
-            seen.add(i)
-            pairs.append((i, s))
-    if min_score is not None:
-        pairs = [(i, s) for i, s in pairs if s >= min_score]
-    rows = catalog.images(i for i, _ in pairs)
+    scores, ids = vectors.search(np.atleast_2d(queries).astype(np.float32), k, among)
+    per_query = []
+    for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
+        pairs, seen = [], set()
+        for i, s in zip(row_ids, row_scores, strict=True):
+            if i >= 0 and i not in seen:  # an id twice in FAISS is still one image
+                seen.add(i)
+                pairs.append((i, s))
+        per_query.append(pairs)
+    rows = catalog.images({i for pairs in per_query for i, _ in pairs})
     # A row missing here was deleted after the index was read: never return it.
     return [
-        SearchResult(i, rows[i].uri, s, rows[i].width, rows[i].height)
-        for i, s in pairs
-        if i in rows and rows[i].status == "ok"
+        [
+            SearchResult(i, rows[i].uri, s, rows[i].width, rows[i].height)
+            for i, s in pairs
+            if i in rows and rows[i].status == "ok"
+        ]
+        for pairs in per_query
     ]
