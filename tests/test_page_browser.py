@@ -169,24 +169,50 @@ def expected_uris(served, **params) -> list[str]:
 
 
 def test_a_text_query_shows_its_results_with_loaded_thumbnails(page, served):
+    total = len(served["labelled"])
     open_page(page, served, k=10)
     search(page, "a red square")
     assert "q=a+red+square" in page.url
-    assert shown_uris(page) == expected_uris(served, q="a red square", k=10)
-    first_score = page.text_content(".tile .score")
-    assert (
-        first_score
-        == f"{api(served, '/api/v1/search', q='a red square', k=1)['results'][0]['score']:.3f}"
+    # pages of 10 follow one another while the end of the grid is near the view
+    page.wait_for_function(
+        f"() => document.querySelectorAll('.tile').length === {total}"
+        " && document.body.dataset.state === 'done'"
     )
+    assert shown_uris(page) == expected_uris(served, q="a red square", k=total)
+    assert page.is_hidden("#more")
+    assert page.text_content("#summary") == f"{total} results for \u201ca red square\u201d"
+    best = api(served, "/api/v1/search", q="a red square", k=1)["results"][0]["score"]
+    assert page.text_content(".tile .score") == f"{best:.3f}"
     # every thumbnail is fetched (with the token) and decodes to a real image
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
     page.wait_for_function(
         "() => [...document.querySelectorAll('.tile img')]"
         ".every(img => img.complete && img.naturalWidth > 0)"
     )
-    # the next page comes on demand, in the same order the API gives
-    page.click("#more")
-    page.wait_for_function("() => document.querySelectorAll('.tile').length === 20")
-    assert shown_uris(page) == expected_uris(served, q="a red square", k=20)
+
+
+def test_the_page_says_the_model_is_loading_and_searches_once_ready(page, served):
+    ready = {"now": False}
+
+    def readyz(route):
+        if ready["now"]:
+            route.continue_()
+        else:
+            route.fulfill(status=503, content_type="application/json", body='{"detail": "loading"}')
+
+    page.route("**/readyz", readyz)
+    searches: list[str] = []
+    page.on("request", lambda request: "/api/v1/search" in request.url and searches.append(1))
+    open_page(page, served, q="a red square")
+    page.wait_for_selector("#ready:not([hidden])")
+    assert "Loading the model" in page.text_content("#ready")
+    page.wait_for_timeout(300)
+    assert searches == []  # the query waits for the model
+    assert shown_uris(page) == []
+    ready["now"] = True
+    page.wait_for_selector("#ready", state="hidden")
+    settle(page)
+    assert shown_uris(page) == expected_uris(served, q="a red square", k=60)
 
 
 def test_a_result_opens_large_with_its_details_and_more_like_this(page, served):

@@ -277,6 +277,7 @@
     summarise();
     rememberShown();
     document.body.dataset.state = "done";
+    if (!done) recheckEnd();
     return true;
   }
 
@@ -611,10 +612,17 @@
     useImage(event.dataTransfer.files[0]);
   });
 
-  // more results load when the end of the grid scrolls into view
-  new IntersectionObserver((entries) => {
+  // more results load when the end of the grid comes near the view
+  const nearEnd = new IntersectionObserver((entries) => {
     if (entries.some((e) => e.isIntersecting) && !done && !loading && offset > 0) loadPage();
-  }, { rootMargin: "800px 0px" }).observe(els.sentinel);
+  }, { rootMargin: "600px 0px" });
+  nearEnd.observe(els.sentinel);
+
+  /** Look again after a page arrives: a page too short to fill the view asks for the next. */
+  function recheckEnd() {
+    nearEnd.unobserve(els.sentinel);
+    nearEnd.observe(els.sentinel);
+  }
 
   // ---- start --------------------------------------------------------------------------------
   pollReady();
