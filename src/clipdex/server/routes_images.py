@@ -128,14 +128,15 @@ async def classify(
 
 
 def _classify(state, run_id: int, data: bytes) -> list[ZeroShotLabel]:
+    try:
+        picture = state.decode(data)
+    except ImageDecodeError as exc:
+        raise decode_error(exc) from None
     found = state.label_matrix(run_id)
     if found is None:
         raise HTTPException(404, f"no classification run has id {run_id}")
     names, matrix = found
-    try:
-        vector = state.image_vector(data)
-    except ImageDecodeError as exc:
-        raise decode_error(exc) from None
+    vector = state.embedder().image_vector(picture)
     scores = matrix @ vector
     logits = scores * state.embedder().logit_scale
     probabilities = np.exp(logits - logits.max())

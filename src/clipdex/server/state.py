@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.api import Index
-from clipdex.errors import ClipdexError
+from clipdex.errors import CatalogError, ClipdexError
 from clipdex.media.decode import load_image, sniff_format
 from clipdex.media.thumbnails import thumbnail_format, thumbnail_from_bytes
 from clipdex.models.open_clip import Embedder
+from clipdex.models.spec import spec_for
 from clipdex.search.results import SearchResult
 from clipdex.server.options import ServerOptions
 from clipdex.storage.image_info import ImageDetails, image_details, run_labels
@@ -56,15 +57,28 @@ class ServerState:
     def _load(self) -> None:
         while not self._stop.is_set():
             try:
-                model = self.index.embedder()
-                model.encode_texts(["warm up"])  # the first forward pass is the slowest
-                self.model, self.model_error = model, None
+                self._load_once()
                 return
             except ClipdexError as exc:
                 self.model_error = str(exc)
             except Exception as exc:  # a broken model must not kill the server; report it
                 self.model_error = f"{type(exc).__name__}: {exc}"
             self._stop.wait(2.0)
+
+    def _load_once(self) -> None:
+        """Load the model holding no lock of the Index (requests that need no model go on
+        meanwhile), then swap in an Index that keeps it."""
+        identity = self.index.model_identity()
+        if identity is None:
+            raise CatalogError("the index has no model yet; index some images first")
+        options = self.options
+        model = Embedder(spec_for(identity), options.device, options.precision)
+        model.encode_texts(["warm up"])  # the first forward pass is the slowest
+        index = Index(
+            self.folder, device=options.device, precision=options.precision, loaded_model=model
+        )
+        index.embedder()  # the identity check: the weights must be the index's own
+        self.index, self.model, self.model_error = index, model, None
 
     def embedder(self) -> Embedder:
         """The warm model, or ModelNotReady while it loads."""
@@ -93,9 +107,15 @@ class ServerState:
     ) -> list[list[SearchResult]]:
         return self.index.search_many(queries, k, label=label, model=self.model)
 
+    def decode(self, data: bytes):
+        """Uploaded bytes as an upright RGB image (ImageDecodeError if they are not one;
+        the pixel limit is checked from the header, before decoding)."""
+        picture, _ = load_image(data, self.options.max_upload_pixels)
+        return picture
+
     def image_vector(self, data: bytes) -> np.ndarray:
         """The unit vector of uploaded image bytes (ImageDecodeError if they are not one)."""
-        picture, _ = load_image(data, self.options.max_upload_pixels)
+        picture = self.decode(data)  # a bad upload is refused before the model is asked for
         return self.embedder().image_vector(picture)
 
     def label_matrix(self, run_id: int) -> tuple[list[str], np.ndarray] | None:
