@@ -187,6 +187,7 @@ def test_a_query_needs_a_term(tiny_index, runner):
     assert "give a QUERY text" in result.output
 
 
+@pytest.mark.slow
 def test_like_alone_still_needs_no_model(tmp_path, index_dir, runner):
     make_images(tmp_path / "p", 4)
     run_cli(runner, "index", str(tmp_path / "p"), *TINY)

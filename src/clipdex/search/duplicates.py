@@ -139,8 +139,8 @@ def near_pairs(
             again = np.flatnonzero((found[:, -1] >= 0) & (scores[:, -1] >= threshold - EPS))
             if len(again):
                 more_s, more_f = store.search(vectors[again], full, **options)
-                scores = _widen(scores, full, -np.inf)
-                found = _widen(found, full, -1)
+                width = more_s.shape[1]  # at most the store's size
+                scores, found = _widen(scores, width, -np.inf), _widen(found, width, -1)
                 scores[again], found[again] = more_s, more_f
         keep = (found >= 0) & (scores >= threshold - EPS) & (found != ids[:, None])
         rows, cols = np.nonzero(keep)
