@@ -9,7 +9,7 @@ printing, no exits: errors are `clipdex.errors` types.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -34,12 +34,21 @@ from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_so
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model
+from clipdex.search.algebra import Term, combine, gather_terms, liked_ids, needs_model
+from clipdex.search.duplicates import (
+    DEFAULT_MAX_GROUP,
+    DEFAULT_THRESHOLD,
+    DuplicateGroup,
+    check_duplicate_options,
+    exact_groups,
+    near_groups,
+    near_pairs,
+)
 from clipdex.search.filters import Filters, check_sort, restrict, sort_results
 from clipdex.search.query import (
     CatalogScan,
     SearchResult,
     check_query,
-    query_vector,
     search_batch,
     search_vectors,
 )
@@ -149,13 +158,15 @@ class Index:
         exact: bool = False,
         filters: Filters | None = None,
         sort: str = "score",
+        terms: Sequence[Term] | None = None,
     ) -> list[SearchResult]:
-        """Nearest images to a text, an image file, both, or a stored image, best first
-        (cosine scores).
+        """Nearest images to a query, best first (cosine scores). The query is the weighted
+        sum of its terms' unit vectors, renormalised (search/algebra.py): `text`, `image`
+        and `like` are terms of weight 1, `terms` adds more.
 
         Args:
             text: a text query.
-            image: an image file to search by (with `text` too: their mean).
+            image: an image file to search by (with `text` too: their normalised sum).
             k: how many results at most (>= 1).
             min_score: leave out results scoring below it.
             label: search only images whose top label it is in the latest
@@ -169,28 +180,25 @@ class Index:
                 meeting them: an empty list.
             sort: "score" (best first) or "date" (the k best, oldest first by capture
                 time; undated ones last, by score).
+            terms: more weighted terms (`Term.text("snow", 0.5)`, `Term.image(path)`,
+                `Term.like(id)`; a negative weight subtracts); stored images named by
+                `like` terms are left out of the results.
         """
-        check_query(text, image, k, min_score, like)
+        check_query(text, image, k, min_score)
         check_sort(sort)
+        query_terms = gather_terms(text, image, like, terms)
         _ = self.vectors  # an empty index says so before any model loads
         among = restrict(self.catalog, self._among(label), filters)
         if among is not None and len(among) == 0:
             return []
-        if like is not None:
-            query = self.catalog.vector_of(like)
-            if query is None:
-                raise QueryError(f"no indexed image has id {like} (deleted, failed or unknown)")
-            with self._lock:
-                store = CatalogScan(self.catalog) if exact else self.vectors
-                found = search_vectors(self.catalog, store, query, k + 1, min_score, among)
-            return sort_results([hit for hit in found if hit.id != like][:k], sort)
-        embedder = self.embedder()
-        query = query_vector(embedder, text, image)
+        embedder = self.embedder() if needs_model(query_terms) else None
+        query = combine(query_terms, self.catalog, embedder)
+        skip = liked_ids(query_terms)
         with self._lock:  # FAISS may not be searched while another thread catches it up
-            vectors = self._reader.vectors_of(embedder)
+            vectors = self.vectors if embedder is None else self._reader.vectors_of(embedder)
             store = CatalogScan(self.catalog) if exact else vectors
-            found = search_vectors(self.catalog, store, query, k, min_score, among)
-        return sort_results(found, sort)
+            found = search_vectors(self.catalog, store, query, k + len(skip), min_score, among)
+        return sort_results([hit for hit in found if hit.id not in skip][:k], sort)
 
     def search_many(
         self, queries: np.ndarray, k: int = 10, *, label: str | None = None, model=None
@@ -220,6 +228,35 @@ class Index:
                 f"no image is labelled '{label}'; label images first with `clipdex classify`"
             )
         return among
+
+    def duplicates(
+        self,
+        threshold: float = DEFAULT_THRESHOLD,
+        *,
+        exact: bool = False,
+        max_group: int = DEFAULT_MAX_GROUP,
+        on_progress: ProgressCallback | None = None,
+    ) -> Iterator[DuplicateGroup]:
+        """Groups of near-duplicate images, best copy first (search/duplicates.py).
+
+        The pairs are found now (under the lock); the groups stream as they are read.
+
+        Args:
+            threshold: the cosine two images' vectors must reach (0 < t <= 1); every two
+                images of a group reach it.
+            exact: group byte-identical files (equal content fingerprints) instead; no
+                vectors are compared.
+            max_group: the most images a group holds (>= 2); more copies form more groups.
+            on_progress: called as on_progress("duplicates", done, total).
+        """
+        check_duplicate_options(threshold, max_group)
+        if exact:
+            return exact_groups(self.catalog)
+        if self.catalog.counts()["vectors"] == 0:
+            return iter(())
+        with self._lock:  # FAISS may not be searched while another thread catches it up
+            pairs = near_pairs(self.vectors, threshold, max_group, on_progress)
+        return near_groups(self.catalog, pairs, threshold, max_group)
 
     def classify(
         self,

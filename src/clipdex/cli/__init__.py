@@ -13,6 +13,7 @@ import click
 from clipdex.cli.check import check_command
 from clipdex.cli.classify import classify_command
 from clipdex.cli.demo import demo_command
+from clipdex.cli.duplicates import duplicates_command
 from clipdex.cli.finetune import finetune_command
 from clipdex.cli.forget import forget_command
 from clipdex.cli.index import index_command
@@ -39,6 +40,7 @@ COMMANDS: tuple[click.Command, ...] = (
     index_command,
     forget_command,
     search_command,
+    duplicates_command,
     status_command,
     models_command,
     check_command,

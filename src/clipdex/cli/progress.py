@@ -12,6 +12,7 @@ PHASES = {
     "labels": ("encoding label prompts", "prompts"),
     "classify": ("classifying", "images"),
     "train": ("training", "steps"),
+    "duplicates": ("finding near-duplicates", "images"),
 }
 
 

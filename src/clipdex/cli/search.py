@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from clipdex.cli.options import format_option, handle_errors, index_option, runtime_options
@@ -20,8 +18,24 @@ from clipdex.cli.photo_filters import (
 @click.argument("query", required=False)
 @click.option(
     "--image",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Search by an example image (with QUERY: both together).",
+    "images",
+    multiple=True,
+    metavar="FILE[:W]",
+    help="Search by an example image (with QUERY: their sum); repeatable, optional weight.",
+)
+@click.option(
+    "--and",
+    "adds",
+    multiple=True,
+    metavar="TEXT[:W]",
+    help="Add a text term (weight W, default 1); repeatable.",
+)
+@click.option(
+    "--not",
+    "subtracts",
+    multiple=True,
+    metavar="TEXT[:W]",
+    help="Subtract a text term (weight W, default 1); repeatable.",
 )
 @click.option(
     "-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many results."
@@ -30,9 +44,11 @@ from clipdex.cli.photo_filters import (
 @click.option("--label", help="Only images labelled NAME by the latest `clipdex classify`.")
 @click.option(
     "--like",
-    type=int,
-    metavar="ID",
-    help="More like a stored image (its id): its stored vector, nothing embedded.",
+    "likes",
+    multiple=True,
+    metavar="ID[:W]",
+    help="More like a stored image (its id): its stored vector, nothing embedded; "
+    "repeatable, combines with the other terms; the image itself is left out.",
 )
 @click.option(
     "--exact", is_flag=True, help="Scan every stored vector exactly (whatever the index type)."
@@ -43,9 +59,27 @@ from clipdex.cli.photo_filters import (
 @runtime_options
 @handle_errors
 def search_command(
-    query, image, k, min_score, label, like, exact, index_dir, fmt, device, precision, **photo
+    query,
+    images,
+    adds,
+    subtracts,
+    k,
+    min_score,
+    label,
+    likes,
+    exact,
+    index_dir,
+    fmt,
+    device,
+    precision,
+    **photo,
 ) -> None:
     """Find the images nearest to a text or an example image.
+
+    The query is the weighted sum of its terms' unit vectors, renormalised: QUERY (weight
+    1), each --and, --image and --like (added) and each --not (subtracted). A weight is a
+    trailing :NUMBER ("snow:0.5"); only a trailing :NUMBER is one, so write "12:30:1" to
+    search for the text "12:30".
 
     \b
     Example:
@@ -56,22 +90,26 @@ def search_command(
         clipdex search "a red car" --exact
         clipdex search "beach" --after 2023-06-01 --before 2023-09-01 --sort date
         clipdex search "dog" --camera Pixel --near 48.8566,2.3522,25km
+        clipdex search "a cat" --not "a drawing" --and "snow:0.5"
+        clipdex search --like 1234 --not "blurry:0.5"
     """
     from clipdex.api import Index
+    from clipdex.search.algebra import parse_term
 
-    if query is None and image is None and like is None:
-        raise click.UsageError("give a QUERY text, --image FILE or --like ID")
-    if like is not None and (query is not None or image is not None):
-        raise click.UsageError("--like searches by a stored image alone (no QUERY or --image)")
+    if query is None and not (images or adds or subtracts or likes):
+        raise click.UsageError("give a QUERY text, --and TEXT, --image FILE or --like ID")
+    terms = [parse_term(spec) for spec in adds]
+    terms += [parse_term(spec, "image") for spec in images]
+    terms += [parse_term(spec, "like") for spec in likes]
+    terms += [parse_term(spec, subtract=True) for spec in subtracts]
     filters, sort = photo_filters(photo)
     with Index(index_dir, device=device, precision=precision) as index:
         results = index.search(
             query,
-            image=image,
+            terms=terms,
             k=k,
             min_score=min_score,
             label=label,
-            like=like,
             exact=exact,
             filters=filters,
             sort=sort,

@@ -20,7 +20,6 @@ def check_query(
     image: str | Path | None,
     k: int,
     min_score: float | None = None,
-    like: int | None = None,
 ) -> None:
     """QueryError for a request that cannot be answered as asked."""
     if k < 1:
@@ -29,8 +28,6 @@ def check_query(
         raise QueryError("the query text is empty")
     if min_score is not None and not -1.0 <= min_score <= 1.0:
         raise QueryError(f"the minimum score is a cosine between -1 and 1 (got {min_score})")
-    if like is not None and (text is not None or image is not None):
-        raise QueryError("search by a stored image alone, not with a text or an image")
 
 
 def query_vector(
