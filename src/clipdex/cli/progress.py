@@ -11,6 +11,9 @@ PHASES = {
     "labels": ("encoding label prompts", "prompts"),
     "classify": ("classifying", "images"),
     "train": ("training", "steps"),
+    "check": ("checking {label}", "vectors"),
+    "import": ("importing", "vectors"),
+    "export": ("exporting", "vectors"),
 }
 
 
