@@ -109,8 +109,6 @@ def test_export_then_import_gives_back_the_same_uris_and_vectors(
     run_cli(runner, "check", "--index", str(tmp_path / "copy"))
 
 
-
-
 def test_parquet_records_the_model_in_its_schema_and_photo_metadata_when_present(
     runner, tmp_path, built
 ):
@@ -153,16 +151,26 @@ def test_clip_retrieval_export_is_float16_by_default_and_reads_back_closely(
 def test_files_are_bounded_and_subsets_exported(runner, tmp_path, built):
     _, index = built
     out = tmp_path / "out"
-    run_cli(runner, "export", str(out), "--format", "npy", "--rows-per-file", "5", "--index", str(index))
+    run_cli(
+        runner, "export", str(out), "--format", "npy", "--rows-per-file", "5", "--index", str(index)
+    )
     assert [np.load(p).shape[0] for p in sorted(out.glob("vectors_*.npy"))] == [5, 5, 2]
     assert [pq.read_metadata(p).num_rows for p in sorted(out.glob("rows_*.parquet"))] == [5, 5, 2]
     later = run_cli(
-        runner, "export", str(tmp_path / "none"), "--since", "2999-01-01", "--index", str(index),
+        runner,
+        "export",
+        str(tmp_path / "none"),
+        "--since",
+        "2999-01-01",
+        "--index",
+        str(index),
         expect=1,
     )
     assert later.stderr.strip() == "Error: nothing to export: no image matches"
     assert not (tmp_path / "none").exists() and not list(tmp_path.glob("none.tmp-*"))
-    label = run_cli(runner, "export", str(tmp_path / "l"), "--label", "dog", "--index", str(index), expect=1)
+    label = run_cli(
+        runner, "export", str(tmp_path / "l"), "--label", "dog", "--index", str(index), expect=1
+    )
     assert label.stderr.strip() == "Error: no image is labelled 'dog'"
 
 
@@ -244,7 +252,9 @@ def test_a_hand_made_clip_retrieval_layout_imports_with_its_declared_model(runne
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     for uri, row in zip(uris, expected, strict=True):
         np.testing.assert_allclose(stored[uri], row, atol=1e-6)
-    found = run_cli(runner, "search", "--like", "1", "-k", "3", "--index", str(index), "--format", "paths")
+    found = run_cli(
+        runner, "search", "--like", "1", "-k", "3", "--index", str(index), "--format", "paths"
+    )
     assert found.stdout.splitlines()[0] in uris
     # unknown sizes (no such local file) never make a row "unchanged" for another source
     with sqlite3.connect(index / "catalog.sqlite") as db:
@@ -336,7 +346,9 @@ def test_bad_input_is_refused_in_one_line_and_nothing_is_written(runner, tmp_pat
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
     assert catalog_state(index) == before
-    fresh = run_cli(runner, "import", str(folder), *args, "--index", str(tmp_path / "new"), expect=1)
+    fresh = run_cli(
+        runner, "import", str(folder), *args, "--index", str(tmp_path / "new"), expect=1
+    )
     assert fresh.stderr == refused.stderr and not (tmp_path / "new").exists()
 
 
@@ -361,7 +373,9 @@ def test_vectors_not_of_unit_length_are_normalised_and_said(runner, tmp_path):
     uris = [f"/data/{i}.jpg" for i in range(6)]
     folder = clip_retrieval_layout(tmp_path / "cr", [(uris, vectors)])
     index = tmp_path / "index"
-    shown = run_cli(runner, "import", str(folder), *TINY, "--pretrained", "none", "--index", str(index))
+    shown = run_cli(
+        runner, "import", str(folder), *TINY, "--pretrained", "none", "--index", str(index)
+    )
     assert shown.stderr.strip().splitlines()[-1] == (
         "normalised 3 vectors that were not of unit length"
     )
@@ -375,9 +389,7 @@ def test_vectors_not_of_unit_length_are_normalised_and_said(runner, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_later_index_run_reuses_imported_vectors_when_uri_and_size_match(
-    runner, tmp_path, built
-):
+def test_a_later_index_run_reuses_imported_vectors_when_uri_and_size_match(runner, tmp_path, built):
     photos, _ = built
     mine = tmp_path / "photos"
     shutil.copytree(photos, mine)
@@ -390,7 +402,10 @@ def test_a_later_index_run_reuses_imported_vectors_when_uri_and_size_match(
     assert "0 added, 0 updated, 0 removed, 12 unchanged, 0 failed; 0 embedded" in shown.stdout
     assert all(np.array_equal(v, imported[u]) for u, v in vectors_by_uri(index).items())
     with opened(index) as c:
-        assert sorted((kind, n) for _, kind, _, n in c.sources()) == [("folder", 12), ("import", 12)]
+        assert sorted((kind, n) for _, kind, _, n in c.sources()) == [
+            ("folder", 12),
+            ("import", 12),
+        ]
     # a file whose size changed is embedded again
     changed = sorted(mine.glob("*.png"))[0]
     make_images(tmp_path / "bigger", 1, seed=9)
