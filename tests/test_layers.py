@@ -28,6 +28,7 @@ LAYERS = {
     "search": 3,
     "classify": 3,
     "training": 3,
+    "exchange": 3,
     "api": 4,
     "samples": 4,
     "demo": 5,

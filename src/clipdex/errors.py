@@ -62,3 +62,7 @@ class LabelsError(QueryError):
 
 class ImageDecodeError(ClipdexError):
     """One image cannot be read; recorded as a failure, never fatal to a run."""
+
+
+class ExchangeError(ClipdexError):
+    """An export folder cannot be written, or embeddings to import are malformed."""

@@ -14,8 +14,10 @@ from clipdex.cli.check import check_command
 from clipdex.cli.classify import classify_command
 from clipdex.cli.demo import demo_command
 from clipdex.cli.duplicates import duplicates_command
+from clipdex.cli.export import export_command
 from clipdex.cli.finetune import finetune_command
 from clipdex.cli.forget import forget_command
+from clipdex.cli.import_ import import_command
 from clipdex.cli.index import index_command
 from clipdex.cli.models import models_command
 from clipdex.cli.search import search_command
@@ -48,6 +50,8 @@ COMMANDS: tuple[click.Command, ...] = (
     finetune_command,
     demo_command,
     serve_command,
+    export_command,
+    import_command,
 )
 
 for _command in COMMANDS:

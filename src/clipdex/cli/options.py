@@ -132,6 +132,8 @@ HINTS = {
     "rebuild": ("rebuild", " (--rebuild)"),
     "other_model": ("rebuild", " (that is: leave out --model, or --rebuild, or --index DIR)"),
     "checkpoint": ("checkpoint", " (--checkpoint FILE)"),
+    "overwrite": ("overwrite", " (--overwrite)"),
+    "model": ("model", " (--model and --pretrained)"),
 }
 
 

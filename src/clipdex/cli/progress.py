@@ -13,6 +13,9 @@ PHASES = {
     "classify": ("classifying", "images"),
     "train": ("training", "steps"),
     "duplicates": ("finding near-duplicates", "images"),
+    "check": ("checking {label}", "vectors"),
+    "import": ("importing", "vectors"),
+    "export": ("exporting", "vectors"),
 }
 
 

@@ -113,6 +113,8 @@ def plan_sync(
 
 
 def _changed(previous: KnownFile, entry: FileEntry, verify: bool) -> bool:
+    if previous.decode == "imported":  # an imported vector: no mtime or fingerprint to compare
+        return previous.size != entry.size
     if entry.version is not None:  # an object: its version decides; without one, always
         return not entry.version or previous.fingerprint != entry.stored_fingerprint
     if previous.size != entry.size or previous.mtime_ns != entry.mtime_ns:

@@ -24,13 +24,15 @@ class KnownFile:
     fingerprint: str | None = None
     #: Whether the scanning source lists it already (else another source brought it in).
     linked: bool = True
+    #: "imported" when its vector came from an export (no fingerprint, no mtime).
+    decode: str | None = None
 
 
 #: Columns of a KnownFile, after the uri; `?` is the scanning source's id.
 _KNOWN = (
     "SELECT i.uri, i.id, i.size, i.mtime_ns, i.status, i.fingerprint, "
-    "EXISTS (SELECT 1 FROM image_sources l WHERE l.image_id = i.id AND l.source_id = ?) "
-    "FROM images i"
+    "EXISTS (SELECT 1 FROM image_sources l WHERE l.image_id = i.id AND l.source_id = ?), "
+    "i.decode FROM images i"
 )
 
 
@@ -50,7 +52,10 @@ class ScanQueries:
             sql, params = sql + " AND i.uri = ?", [*params, only]
         with self.engine.connect() as conn:
             rows = conn.exec_driver_sql(sql, tuple(params))
-            return {uri: KnownFile(*rest[:5], linked=bool(rest[5])) for uri, *rest in rows}
+            return {
+                uri: KnownFile(*rest[:5], linked=bool(rest[5]), decode=rest[6])
+                for uri, *rest in rows
+            }
 
     def folders_under(self, prefix: str, source_id: int | None) -> Iterator[tuple[int, str]]:
         """Stream (image id, folder) for every image of `source_id` whose uri starts with
@@ -80,7 +85,7 @@ class ScanQueries:
         with self.engine.connect() as conn:
             for sql, params in queries:
                 for uri, *rest in conn.exec_driver_sql(sql, params):
-                    out[uri] = KnownFile(*rest[:5], linked=bool(rest[5]))
+                    out[uri] = KnownFile(*rest[:5], linked=bool(rest[5]), decode=rest[6])
         return out
 
     def has_fingerprints(self) -> bool:
