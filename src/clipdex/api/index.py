@@ -32,6 +32,8 @@ from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_so
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model
+from clipdex.models.text_encoder import TextEncoder
+from clipdex.search.cached import text_query_vector
 from clipdex.search.query import (
     CatalogScan,
     SearchResult,
@@ -117,21 +119,24 @@ class Index:
         return self._reader.load_report
 
     @property
-    def loaded_model(self) -> Embedder | None:
+    def loaded_model(self) -> Embedder | TextEncoder | None:
         """The model in memory, or None: a model loads only when something needs it."""
         return self._models.loaded
 
     def model_identity(self) -> ModelIdentity | None:
         return self.catalog.model_identity()
 
-    def embedder(self, spec: ModelSpec | None = None) -> Embedder:
+    def embedder(
+        self, spec: ModelSpec | None = None, *, text_only: bool = False
+    ) -> Embedder | TextEncoder:
         """The index's own model (or `spec`, which must match it); the default for a new one.
+        With `text_only`, possibly its text tower alone (for text queries: faster to load).
 
         The loaded model's identity (a checkpoint's SHA-256) must be the one the index
         records: a checkpoint file overwritten since indexing is refused, not used.
         """
         with self._lock:
-            return self._models.for_index(self.catalog.model_identity(), spec)
+            return self._models.for_index(self.catalog.model_identity(), spec, text_only)
 
     def search(
         self,
@@ -176,10 +181,16 @@ class Index:
                 store = CatalogScan(self.catalog) if exact else self.vectors
                 found = search_vectors(self.catalog, store, query, k + 1, min_score, among)
             return [hit for hit in found if hit.id != like][:k]
-        embedder = self.embedder()
-        query = query_vector(embedder, text, image)
+        identity = self.model_identity()
+        if image is None:  # a text alone: cached, else the text tower alone encodes it
+            query = text_query_vector(
+                self.catalog, identity, text, lambda: self.embedder(text_only=True)
+            )
+        else:
+            embedder = self.embedder()
+            query, identity = query_vector(embedder, text, image), embedder.identity
         with self._lock:  # FAISS may not be searched while another thread catches it up
-            vectors = self._reader.vectors_of(embedder)
+            vectors = self._reader.vectors_for(identity)
             store = CatalogScan(self.catalog) if exact else vectors
             return search_vectors(self.catalog, store, query, k, min_score, among)
 
