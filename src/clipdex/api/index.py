@@ -34,7 +34,9 @@ from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_so
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model
-from clipdex.search.algebra import Term, combine, gather_terms, liked_ids, needs_model
+from clipdex.models.text_encoder import TextEncoder
+from clipdex.search.algebra import Term, combine, gather_terms, liked_ids
+from clipdex.search.cached import text_query_vector
 from clipdex.search.duplicates import (
     DEFAULT_MAX_GROUP,
     DEFAULT_THRESHOLD,
@@ -130,21 +132,24 @@ class Index:
         return self._reader.load_report
 
     @property
-    def loaded_model(self) -> Embedder | None:
+    def loaded_model(self) -> Embedder | TextEncoder | None:
         """The model in memory, or None: a model loads only when something needs it."""
         return self._models.loaded
 
     def model_identity(self) -> ModelIdentity | None:
         return self.catalog.model_identity()
 
-    def embedder(self, spec: ModelSpec | None = None) -> Embedder:
+    def embedder(
+        self, spec: ModelSpec | None = None, *, text_only: bool = False
+    ) -> Embedder | TextEncoder:
         """The index's own model (or `spec`, which must match it); the default for a new one.
+        With `text_only`, possibly its text tower alone (for text queries: faster to load).
 
         The loaded model's identity (a checkpoint's SHA-256) must be the one the index
         records: a checkpoint file overwritten since indexing is refused, not used.
         """
         with self._lock:
-            return self._models.for_index(self.catalog.model_identity(), spec)
+            return self._models.for_index(self.catalog.model_identity(), spec, text_only)
 
     def search(
         self,
@@ -191,11 +196,19 @@ class Index:
         among = restrict(self.catalog, self._among(label), filters)
         if among is not None and len(among) == 0:
             return []
-        embedder = self.embedder() if needs_model(query_terms) else None
-        query = combine(query_terms, self.catalog, embedder)
+        identity = self.model_identity()
+        embedder = self.embedder() if any(t.kind == "image" for t in query_terms) else None
+
+        def text_vector(text: str) -> np.ndarray:
+            """Cached; else encoded by the loaded model or the text tower alone."""
+            return text_query_vector(
+                self.catalog, identity, text, lambda: embedder or self.embedder(text_only=True)
+            )
+
+        query = combine(query_terms, self.catalog, embedder, text_vector)
         skip = liked_ids(query_terms)
         with self._lock:  # FAISS may not be searched while another thread catches it up
-            vectors = self.vectors if embedder is None else self._reader.vectors_of(embedder)
+            vectors = self._reader.vectors_for(embedder.identity if embedder else identity)
             store = CatalogScan(self.catalog) if exact else vectors
             found = search_vectors(self.catalog, store, query, k + len(skip), min_score, among)
         return sort_results([hit for hit in found if hit.id not in skip][:k], sort)

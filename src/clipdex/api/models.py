@@ -7,6 +7,7 @@ import threading
 from clipdex.errors import ModelMismatchError
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model, spec_for
+from clipdex.models.text_encoder import TextEncoder, load_text_encoder
 from clipdex.types import ModelIdentity
 
 
@@ -18,7 +19,7 @@ class ModelLoader:
         device: str,
         precision: str,
         lock: threading.RLock,
-        loaded: Embedder | None = None,
+        loaded: Embedder | TextEncoder | None = None,
     ):
         self.device = device
         self.precision = precision
@@ -26,24 +27,37 @@ class ModelLoader:
         #: The model in memory, or None until something needs one.
         self.loaded = loaded
 
-    def for_index(self, stored: ModelIdentity | None, spec: ModelSpec | None) -> Embedder:
+    def for_index(
+        self, stored: ModelIdentity | None, spec: ModelSpec | None, text_only: bool = False
+    ) -> Embedder | TextEncoder:
         """The model of an index that records `stored`: `spec` (which must be the same
-        model), else its own, else (a new index) the default."""
+        model), else its own, else (a new index) the default. With `text_only`, the text
+        tower alone may do (models/text_encoder.py)."""
         if spec is None:
             spec = spec_for(stored) if stored is not None else ModelSpec()
         elif stored is not None:
             check_same_model(stored, spec)
-        return self.load(spec, stored)
+        return self.load(spec, stored, text_only)
 
-    def load(self, spec: ModelSpec, want: ModelIdentity | None = None) -> Embedder:
-        """`spec`'s model, reusing the loaded one when it is the same; `want` must match."""
+    def load(
+        self, spec: ModelSpec, want: ModelIdentity | None = None, text_only: bool = False
+    ) -> Embedder | TextEncoder:
+        """`spec`'s model, reusing the loaded one when it is the same; `want` must match.
+        With `text_only`, the text tower alone when it can be loaded so (faster)."""
         with self.lock:
             cached = self.loaded
-            if cached is not None and (
-                cached.identity == want if want is not None else same_model(cached.identity, spec)
+            if (
+                cached is not None
+                and (text_only or not getattr(cached, "text_only", False))
+                and (
+                    cached.identity == want
+                    if want is not None
+                    else same_model(cached.identity, spec)
+                )
             ):
                 return cached  # weights in memory: a file changed since cannot affect them
-            embedder = Embedder(spec, self.device, self.precision)
+            embedder = load_text_encoder(spec, self.device, self.precision) if text_only else None
+            embedder = embedder or Embedder(spec, self.device, self.precision)
             if want is not None and embedder.identity != want:
                 where = f"checkpoint {spec.checkpoint}" if spec.checkpoint else spec.name
                 raise ModelMismatchError(

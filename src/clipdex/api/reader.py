@@ -65,8 +65,12 @@ class Reader:
 
     def vectors_of(self, embedder: Embedder) -> VectorStore:
         """The caught-up vectors, which must come from `embedder`'s model (call with the lock)."""
+        return self.vectors_for(embedder.identity)
+
+    def vectors_for(self, identity: ModelIdentity) -> VectorStore:
+        """The caught-up vectors, which must come from model `identity` (call with the lock)."""
         vectors = self.vectors
-        if self._vectors_model != embedder.identity:
+        if self._vectors_model != identity:
             raise ModelMismatchError(
                 f"the index was rebuilt with {self._vectors_model.describe()} while this "
                 "request ran; run it again"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,13 +137,20 @@ def liked_ids(terms: Sequence[Term]) -> set[int]:
     return {int(term.value) for term in terms if term.kind == "like"}
 
 
-def term_vector(term: Term, catalog: Catalog, embedder: Embedder | None) -> np.ndarray:
-    """The unit vector of one term."""
+def term_vector(
+    term: Term,
+    catalog: Catalog,
+    embedder: Embedder | None,
+    text_vector: Callable[[str], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The unit vector of one term (texts through `text_vector` when given)."""
     if term.kind == "like":
         vector = catalog.vector_of(int(term.value))
         if vector is None:
             raise QueryError(f"no indexed image has id {term.value} (deleted, failed or unknown)")
         return vector
+    if term.kind == "text" and text_vector is not None:
+        return text_vector(str(term.value))
     if embedder is None:
         raise ValueError("texts and image files need the index's model to be embedded")
     if term.kind == "text":
@@ -152,17 +159,21 @@ def term_vector(term: Term, catalog: Catalog, embedder: Embedder | None) -> np.n
 
 
 def combine(
-    terms: Sequence[Term], catalog: Catalog, embedder: Embedder | None = None
+    terms: Sequence[Term],
+    catalog: Catalog,
+    embedder: Embedder | None = None,
+    text_vector: Callable[[str], np.ndarray] | None = None,
 ) -> np.ndarray:
     """The query's unit vector: sum_i w_i u_i, renormalised (see the module doc).
 
-    `embedder` is needed when a term is a text or an image file. QueryError when the terms
-    cancel out."""
+    `embedder` is needed when a term is an image file, or a text without `text_vector`
+    (which encodes texts, e.g. through the query cache). QueryError when the terms cancel
+    out."""
     if not terms:
         raise QueryError("a query needs at least one term")
     total = np.zeros(0, np.float64)
     for term in terms:
-        part = term.weight * term_vector(term, catalog, embedder).astype(np.float64)
+        part = term.weight * term_vector(term, catalog, embedder, text_vector).astype(np.float64)
         total = part if total.size == 0 else total + part
     norm = float(np.linalg.norm(total))
     if norm <= CANCELLED * sum(abs(term.weight) for term in terms):

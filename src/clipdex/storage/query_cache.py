@@ -1,0 +1,99 @@
+"""Cached text-query vectors (table `query_vectors`, schema 5): a repeated query skips the
+model entirely.
+
+A row's key is the SHA-256 of the model identity (name, weights: a checkpoint's SHA-256,
+dimension) and the query text, so a vector is never used for another model or checkpoint.
+The table keeps the MAX_ROWS most recently used rows. A read-only catalog, or one of an
+older schema, is read (if it has the table) but never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from clipdex.errors import ClipdexError
+from clipdex.storage.db import write
+from clipdex.storage.schema import QueryVector
+from clipdex.types import ModelIdentity
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.storage.catalog import Catalog
+
+#: Rows kept; beyond it the least recently used are evicted.
+MAX_ROWS = 10_000
+#: The first schema with the table.
+SCHEMA = 5
+
+
+def query_key(identity: ModelIdentity, text: str) -> str:
+    """The cache key of `text` under `identity`'s model."""
+    model = json.dumps([identity.name, identity.weights, identity.dim])
+    return hashlib.sha256(f"{model}\n{text}".encode()).hexdigest()
+
+
+class QueryCache:
+    """The catalog's cached query vectors (see the module)."""
+
+    def __init__(self, catalog: Catalog, max_rows: int = MAX_ROWS):
+        self.catalog = catalog
+        self.max_rows = max_rows
+        self.readable = catalog.schema_version >= SCHEMA
+        self.writable = self.readable and not catalog.read_only
+
+    def get(self, identity: ModelIdentity, text: str) -> np.ndarray | None:
+        """The cached vector of `text` under `identity`, or None; a hit is marked used."""
+        if not self.readable:
+            return None
+        key = query_key(identity, text)
+        with self.catalog.engine.connect() as conn:
+            blob = conn.execute(select(QueryVector.vector).where(QueryVector.key == key)).scalar()
+        if blob is None:
+            return None
+        vector = np.frombuffer(blob, dtype="<f4")
+        if len(vector) != identity.dim:
+            return None
+        if self.writable:
+            self._write(
+                update(QueryVector).where(QueryVector.key == key).values(used_at=time.time())
+            )
+        return vector.astype(np.float32)
+
+    def put(self, identity: ModelIdentity, text: str, vector: np.ndarray) -> None:
+        """Keep `vector` for `text`; evict the least recently used beyond max_rows."""
+        if not self.writable:
+            return
+        row = dict(
+            key=query_key(identity, text),
+            text=text,
+            vector=np.asarray(vector, dtype="<f4").tobytes(),
+            used_at=time.time(),
+        )
+        upsert = sqlite_insert(QueryVector).values(**row)
+        upsert = upsert.on_conflict_do_update(index_elements=["key"], set_=row)
+        keep = select(QueryVector.key).order_by(QueryVector.used_at.desc()).limit(self.max_rows)
+        self._write(upsert, delete(QueryVector).where(QueryVector.key.not_in(keep)))
+
+    def count(self) -> int:
+        from sqlalchemy import func
+
+        if not self.readable:
+            return 0
+        with self.catalog.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(QueryVector)).scalar())
+
+    def _write(self, *statements) -> None:
+        """Best effort: a catalog that cannot be written now (locked past the busy timeout,
+        a full disk) answers the query anyway, uncached."""
+        try:
+            with write(self.catalog) as conn:
+                for statement in statements:
+                    conn.execute(statement)
+        except ClipdexError:
+            pass
