@@ -17,3 +17,10 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_WORKERS = 2
 #: Concurrent downloads for remote sources.
 DEFAULT_FETCH_WORKERS = 16
+
+#: The vector store kind a new index records ("auto": clipdex chooses, vectors/auto.py),
+#: and every kind a user may ask for (vectors.KINDS plus "auto").
+DEFAULT_INDEX_TYPE = "auto"
+INDEX_TYPES = (DEFAULT_INDEX_TYPE, "flat", "ivf", "ivf-sq8", "ivf-pq")
+#: The memory budget of the automatic kind, unless given: this share of memory.
+DEFAULT_MEMORY_BUDGET_FRACTION = 0.25

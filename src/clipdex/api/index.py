@@ -355,6 +355,7 @@ class Index:
         index_type: str | None = None,
         target_recall: float | None = None,
         thumbnails: bool = True,
+        memory_budget: int | str | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
         """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
@@ -383,15 +384,19 @@ class Index:
             exact_decode: decode every image at full size, for open_clip's preprocessing
                 bit for bit; by default large images are decoded at twice the model's
                 input size (JPEG DCT scaling, exact integer box filters), much faster.
-            index_type: the vector store's kind (vectors.KINDS: flat, ivf, ivf-sq8,
-                ivf-pq), kept by later runs; a change rebuilds it from the stored vectors.
+            index_type: the vector store's kind ("auto", the default of a new index, or
+                one of vectors.KINDS: flat, ivf, ivf-sq8, ivf-pq), kept by later runs; a
+                change rebuilds it from the stored vectors. An index built before "auto"
+                existed keeps its kind unless asked.
             target_recall: the recall@10 against exact search an IVF's nprobe is tuned to
                 reach (0 < r <= 1; default 0.95), kept by later runs.
             thumbnails: store a small WebP/JPEG of each image embedded (made from the
                 pixels decoded for the model) in the index folder, for viewers.
+            memory_budget: bytes (or "500MB", "2GB", "25%") the automatic kind may hold
+                in memory (default: a quarter of memory), kept by later runs.
             on_progress: called as on_progress(phase, done, total).
         """
-        check_settings(index_type, target_recall)
+        budget = check_settings(index_type, target_recall, memory_budget)
         try:
             source = open_source(
                 path,
@@ -425,7 +430,7 @@ class Index:
                 # then forget every source's vectors, which the old model made.
                 self._models.load(model)
                 forgotten = tuple(uri for uri in catalog.reset() if uri != source.uri)
-            apply_settings(self.folder, catalog, index_type, target_recall)
+            apply_settings(self.folder, catalog, index_type, target_recall, budget)
             options = RunOptions(
                 rebuild=rebuild,
                 batch_size=batch_size,

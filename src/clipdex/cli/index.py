@@ -14,7 +14,13 @@ from clipdex.cli.options import (
     wait_option,
 )
 from clipdex.cli.output import escape_control
-from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
+from clipdex.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FETCH_WORKERS,
+    DEFAULT_MEMORY_BUDGET_FRACTION,
+    DEFAULT_WORKERS,
+    INDEX_TYPES,
+)
 
 
 def model_spec(
@@ -82,10 +88,18 @@ def model_spec(
 )
 @click.option(
     "--index-type",
-    type=click.Choice(["flat", "ivf", "ivf-sq8", "ivf-pq"]),
+    type=click.Choice(INDEX_TYPES),
     default=None,
-    help="Vector store kind, kept by later runs (a new index: flat); a change rebuilds "
-    "it from the stored vectors. ivf*: approximate, tuned to --target-recall.",
+    help="Vector store kind, kept by later runs (a new index: auto: exact while small, "
+    "IVF when large, SQ8/PQ codes when --memory-budget demands); a change rebuilds it "
+    "from the stored vectors. ivf*: approximate, tuned to --target-recall.",
+)
+@click.option(
+    "--memory-budget",
+    default=None,
+    metavar="SIZE",
+    help="Memory the auto index type may use, e.g. 500MB, 2GB or 10% (default: "
+    f"{DEFAULT_MEMORY_BUDGET_FRACTION:.0%} of memory), kept by later runs.",
 )
 @click.option(
     "--target-recall",

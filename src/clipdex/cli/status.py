@@ -12,6 +12,7 @@ import click
 
 from clipdex.cli.options import format_option, handle_errors, index_option
 from clipdex.cli.output import escape_control
+from clipdex.defaults import DEFAULT_INDEX_TYPE
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.api import IndexStatus
@@ -48,9 +49,13 @@ def _parameters(p: dict) -> str:
         return escape_control(str(p.get("reason", "")))
     recall = p.get("recall")
     measured = f"{recall:.3f}" if isinstance(recall, float) else "not measured"
+    text = p.get("text_recall")
+    text = (
+        f"; on {p.get('text_queries')} text queries {text:.3f}" if isinstance(text, float) else ""
+    )
     return (
         f"nlist {p.get('nlist')}, nprobe {p.get('nprobe')}, {p.get('code_size')} B a vector; "
-        f"recall@10 {measured} (target {p.get('target_recall')})"
+        f"recall@10 {measured}{text} (target {p.get('target_recall')})"
     )
 
 
@@ -82,8 +87,12 @@ def print_status(status: IndexStatus, fmt: str) -> None:
     ]
     if status.images:
         lines.insert(3, f"photos:   {_photos(status)}")
+    if status.index_reason and status.index_asked == DEFAULT_INDEX_TYPE:
+        lines.insert(-1, f"          auto: {escape_control(status.index_reason)}")
     if status.index_parameters:
         lines.insert(-1, f"          {_parameters(status.index_parameters)}")
+    if status.index_retrained:
+        lines.insert(-1, f"          retrained: {escape_control(status.index_retrained)}")
     if status.index_load is not None and status.index_load.action != "loaded":
         lines.append(
             f"          faiss file was {status.index_load.action}: "

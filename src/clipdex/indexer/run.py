@@ -22,7 +22,14 @@ from clipdex.sources.fetch import FileSystems
 from clipdex.storage.catalog import Catalog, ImageRecord
 from clipdex.storage.thumbs import ThumbnailStore
 from clipdex.types import ProgressCallback
-from clipdex.vectors import VectorStore, catch_up, is_current, open_store, save_store
+from clipdex.vectors import (
+    VectorStore,
+    catch_up,
+    is_current,
+    maintain,
+    open_store,
+    save_store,
+)
 
 #: Seconds between saves of the FAISS file during a long run (readers then catch up less).
 SAVE_EVERY_S = 60.0
@@ -142,6 +149,7 @@ def index_source(
                 if vectors.dirty:
                     save_store(vectors, folder)
             raise
+        vectors = maintain(vectors, catalog)  # auto's kind decided again; IVF retrained
         if vectors.dirty:
             save_store(vectors, folder)
         thumbs.prune(catalog)  # the thumbnails of images deleted now (or by earlier writers)

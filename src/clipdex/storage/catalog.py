@@ -136,13 +136,24 @@ class Catalog:
             kind, target = get_meta(conn, "index_type"), get_meta(conn, "target_recall")
         return kind, float(target) if target else None
 
-    def set_index_settings(self, kind: str | None, target_recall: float | None) -> None:
-        """Record the store's kind and recall target, so later runs keep them."""
+    def set_index_settings(
+        self, kind: str | None, target_recall: float | None, memory_budget: int | None = None
+    ) -> None:
+        """Record the store's kind, recall target and memory budget (bytes, for the
+        automatic kind), so later runs keep them."""
         with write(self) as conn:
             if kind is not None:
                 set_meta(conn, "index_type", kind)
             if target_recall is not None:
                 set_meta(conn, "target_recall", repr(float(target_recall)))
+            if memory_budget is not None:
+                set_meta(conn, "memory_budget", str(int(memory_budget)))
+
+    def memory_budget(self) -> int | None:
+        """The memory budget (bytes) a user gave the automatic kind; None: the default."""
+        with self.engine.connect() as conn:
+            value = get_meta(conn, "memory_budget")
+        return int(value) if value and value.isdigit() else None
 
     def claim_model(self, identity: ModelIdentity) -> None:
         """Record the model on a new index, or refuse one that differs from the recorded one."""

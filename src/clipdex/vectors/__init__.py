@@ -7,10 +7,16 @@ ivf.py      IVFStore, IVFSQ8Store, IVFPQStore: approximate kinds (ivf, ivf-sq8, 
 persist.py  vectors.faiss + vectors.json: save, load and validate, open (catch up or rebuild)
 check.py    check_index: the catalog and the saved store agree; repair rebuilds
 
+auto.py     the automatic kind (`auto`): from size, dimension and a memory budget
+
 The choice of kind lives here: KINDS maps the kind a sidecar records to its class, and
-DEFAULT_KIND is the kind a new index gets unless the catalog records another (its
-`index_type`, set by `Index.add(index_type=...)`); a saved store of another kind is rebuilt. Callers open, rebuild and save stores
-through these functions and never name a kind's class.
+DEFAULT_KIND ("auto") is what a new index records (its `index_type`, set by
+`Index.add(index_type=...)`); an index whose catalog records no kind (built before the
+automatic choice) keeps LEGACY_KIND (flat). A saved store of another kind than the
+recorded one is rebuilt; under "auto", readers take the saved kind as it is and writers
+decide again after each run (`maintain`), which also retrains an IVF that outgrew its
+training. Callers open, rebuild and save stores through these functions and never name a
+kind's class.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipdex.errors import QueryError
+from clipdex.vectors.auto import AUTO, Choice, choose_within
 from clipdex.vectors.base import StoreStats, StoreType, VectorStore, WrongKind
 from clipdex.vectors.flat import FlatStore
 from clipdex.vectors.ivf import IVFPQStore, IVFSQ8Store, IVFStore
@@ -43,23 +50,30 @@ if TYPE_CHECKING:  # pragma: no cover
 KINDS: dict[str, StoreType] = {
     kind.kind: kind for kind in (FlatStore, IVFStore, IVFSQ8Store, IVFPQStore)
 }
-#: The kind of a new index, and of one rebuilt from the catalog.
-DEFAULT_KIND = FlatStore.kind
+#: The kind a new index records: chosen automatically (vectors/auto.py).
+DEFAULT_KIND = AUTO
+#: The kind of an index whose catalog records none: built before the automatic choice.
+LEGACY_KIND = FlatStore.kind
 
 __all__ = [
+    "AUTO",
     "DEFAULT_KIND",
     "EMPTY_INDEX",
     "INDEX_FILE",
     "KINDS",
+    "LEGACY_KIND",
     "SIDECAR_FILE",
     "LoadReport",
     "StoreStats",
     "VectorStore",
     "WrongKind",
+    "auto_choice",
     "catch_up",
+    "check_kind",
     "chosen_kind",
     "is_current",
     "load_store",
+    "maintain",
     "new_store",
     "open_store",
     "read_sidecar",
@@ -83,20 +97,43 @@ def new_store(kind: str, dim: int, seq: int = 0) -> VectorStore:
     return store_type(kind)(dim, seq=seq)
 
 
-def chosen_kind(catalog: Catalog) -> str:
-    """The kind the catalog records for its store (`index_type`), else DEFAULT_KIND."""
+def check_kind(kind: str) -> None:
+    """QueryError unless `kind` is a store's kind or "auto"."""
+    if kind != AUTO:
+        store_type(kind)
+
+
+def chosen_kind(catalog: Catalog, folder: Path | None = None) -> str:
+    """The kind the catalog records for its store (`index_type`; none: LEGACY_KIND); for
+    "auto", the saved store's kind when `folder` holds one, else the automatic choice."""
     kind, _ = catalog.index_settings()
-    return kind if kind in KINDS else DEFAULT_KIND
+    if kind == AUTO:
+        return auto_choice(catalog, folder).kind
+    return kind if kind in KINDS else LEGACY_KIND
+
+
+def auto_choice(catalog: Catalog, folder: Path | None = None) -> Choice:
+    """What "auto" holds: the saved store's kind and recorded reason when `folder` holds
+    one (readers never rebuild to change kind), else the choice for the stored vectors."""
+    if folder is not None:
+        saved = read_sidecar(folder / SIDECAR_FILE)
+        if saved is not None and saved["type"] in KINDS:
+            recorded = saved.get("choice")
+            reason = recorded.get("reason", "") if isinstance(recorded, dict) else ""
+            return Choice(saved["type"], str(reason))
+    identity = catalog.model_identity()
+    count = catalog.counts()["vectors"]
+    return choose_within(count, identity.dim if identity else 0, catalog.memory_budget(), None)
 
 
 def is_current(folder: Path, catalog: Catalog) -> bool:
     """Does the saved store reflect the catalog's last change, as the chosen kind?"""
-    return _is_current(folder, catalog, chosen_kind(catalog))
+    return _is_current(folder, catalog, chosen_kind(catalog, folder))
 
 
 def _builder(catalog: Catalog, kind: str | None = None) -> StoreType:
     """The class of the chosen kind, given the catalog's recall target when it takes one."""
-    cls = store_type(kind or chosen_kind(catalog))
+    cls = store_type(kind if kind and kind != AUTO else chosen_kind(catalog))
     _, target = catalog.index_settings()
     if target is None or not hasattr(cls, "target_recall"):
         return cls
@@ -108,17 +145,59 @@ def _builder(catalog: Catalog, kind: str | None = None) -> StoreType:
     return Targeted
 
 
-def open_store(folder: Path, catalog: Catalog) -> tuple[VectorStore, LoadReport]:
+def open_store(
+    folder: Path, catalog: Catalog, mmap: bool = False
+) -> tuple[VectorStore, LoadReport]:
     """The saved store in `folder`, in step with the catalog (caught up, or rebuilt, as
-    the kind the catalog records when the saved one is of another kind)."""
-    return open_saved(folder, catalog, KINDS, _builder(catalog))
+    the kind the catalog records when the saved one is of another kind).
+
+    `mmap`: for readers that only search (`clipdex search`): a saved file that reflects
+    the catalog is memory-mapped read-only where its kind allows (flat, IVF), so opening
+    reads almost nothing; such a store cannot change, and a later catch-up (`catch_up`)
+    opens the file again normally. Writers open without it."""
+    return open_saved(folder, catalog, KINDS, _builder(catalog, chosen_kind(catalog, folder)), mmap)
 
 
-def load_store(folder: Path, dim: int) -> tuple[VectorStore | None, str]:
+def load_store(folder: Path, dim: int, mmap: bool = False) -> tuple[VectorStore | None, str]:
     """The saved store as it is on disk if it can be trusted, else None and why."""
-    return load_saved(folder, dim, KINDS)
+    return load_saved(folder, dim, KINDS, mmap)
 
 
 def rebuild_store(catalog: Catalog, kind: str | None = None) -> VectorStore:
     """A new store of `kind` (default: the catalog's chosen kind) holding every stored vector."""
-    return rebuild(catalog, _builder(catalog, kind))
+    return _with_choice(rebuild(catalog, _builder(catalog, kind)), catalog)
+
+
+def maintain(store: VectorStore, catalog: Catalog) -> VectorStore:
+    """What a writer does before saving after a run: under "auto", decide the kind again
+    for the vectors held now (a change rebuilds from the stored vectors); an IVF whose
+    collection grew well past its training, or whose measured recall fell below its
+    target, is retrained from the stored vectors (nothing is re-embedded). The caller
+    saves the result (an atomic replace: a killed retrain leaves the old file)."""
+    kind, _ = catalog.index_settings()
+    if kind == AUTO:
+        choice = choose_within(store.ntotal, store.dim, catalog.memory_budget(), store.kind)
+        if choice.kind != store.kind:
+            return _with_choice(rebuild(catalog, _builder(catalog, choice.kind)), catalog, choice)
+        store.choice = choice.as_dict()
+    retrain = getattr(store, "retrain_reason", None)
+    why = retrain() if retrain is not None else None
+    if why:
+        fresh = rebuild(catalog, _builder(catalog, store.kind))
+        fresh.retrained = why
+        fresh.choice = getattr(store, "choice", None)
+        return fresh
+    return store
+
+
+def _with_choice(store: VectorStore, catalog: Catalog, choice: Choice | None = None):
+    """Record on the store why "auto" holds its kind (saved in the sidecar)."""
+    kind, _ = catalog.index_settings()
+    if kind == AUTO:
+        if choice is None:
+            budget = catalog.memory_budget()
+            choice = choose_within(store.ntotal, store.dim, budget, None)
+            if choice.kind != store.kind:  # a kind asked for explicitly, by a caller
+                choice = Choice(store.kind, "rebuilt as asked")
+        store.choice = choice.as_dict()
+    return store

@@ -31,6 +31,23 @@ def as_matrix(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+def read_index(path: str, mmap: bool = False):
+    """A FAISS index from `path`; with `mmap`, memory-mapped read-only (FAISS
+    IO_FLAG_MMAP_IFC: flat codes and IVF lists stay in the page cache, read on demand)."""
+    import faiss
+
+    if not mmap:
+        return faiss.read_index(path)
+    return faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+
+
+def owned_copy(index):
+    """An in-memory copy of a (memory-mapped) FAISS index that may be changed."""
+    import faiss
+
+    return faiss.deserialize_index(faiss.serialize_index(index))
+
+
 @dataclass(frozen=True)
 class StoreStats:
     """What `clipdex status` and benchmarks show of a store."""

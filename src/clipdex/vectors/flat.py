@@ -19,12 +19,16 @@ class FlatStore:
     """Exact inner-product search over every vector; implements vectors.base.VectorStore."""
 
     kind: ClassVar[str] = "flat"
+    #: Its file can be memory-mapped read-only (FAISS IO_FLAG_MMAP_IFC).
+    can_mmap: ClassVar[bool] = True
 
     def __init__(self, dim: int, seq: int = 0, index=None):
         import faiss
 
         self.dim = dim
         self.seq = seq
+        #: Memory-mapped read-only (vectors.open_store(mmap=True)): `detach` before a change.
+        self.mapped = False
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._gpu_index = None
         self.dirty = False
@@ -119,14 +123,26 @@ class FlatStore:
             faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))
 
     @classmethod
-    def read_file(cls, path: str, dim: int, seq: int) -> FlatStore:
-        """The flat index saved at `path`; WrongKind if it is another FAISS type or dimension."""
-        import faiss
+    def read_file(cls, path: str, dim: int, seq: int, mmap: bool = False) -> FlatStore:
+        """The flat index saved at `path`; WrongKind if it is another FAISS type or dimension.
+        `mmap`: mapped read-only (the vectors stay in the file until a search reads them)."""
+        from clipdex.vectors.base import read_index
 
-        index = faiss.read_index(path)
+        index = read_index(path, mmap)
         if not is_flat_ip(index, dim):
             raise WrongKind(f"not an IndexIDMap2(IndexFlatIP) of dimension {dim}")
-        return cls(dim, seq=seq, index=index)
+        store = cls(dim, seq=seq, index=index)
+        store.mapped = mmap
+        return store
+
+    def detach(self) -> None:
+        """Copy a memory-mapped (read-only) index into memory, so it can change."""
+        from clipdex.vectors.base import owned_copy
+
+        if self.mapped:
+            self.index = owned_copy(self.index)
+            self.mapped = False
+            self._changed()
 
 
 def is_flat_ip(index, dim: int) -> bool:

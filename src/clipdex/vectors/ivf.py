@@ -31,8 +31,18 @@ POINTS_PER_LIST = 39
 #: The fewest lists worth an IVF; fewer vectors than 39 x this stay flat.
 MIN_NLIST = 8
 MAX_NLIST = 65536
-#: Vectors sampled to train on, per list (FAISS uses at most 256 a centroid).
+#: Vectors sampled to train on, per list (FAISS uses at most 256 a centroid), and at most
+#: TRAIN_MAX (or 39 a list when that is more): k-means over 1M x 512 would take an hour here.
 SAMPLE_PER_LIST = 256
+TRAIN_MAX = 100_000
+#: k-means iterations: FAISS's 25 up to TRAIN_MAX points, 10 above (minutes, not tens).
+KMEANS_ITERATIONS = (25, 10)
+#: Retrain when the store holds this many times the vectors it was trained on.
+RETRAIN_GROWTH = 4.0
+#: Measure recall again after the store grew by this factor since the last measurement.
+REMEASURE_GROWTH = 1.25
+#: Stored vectors used as queries when recall is measured again (against a full probe).
+REMEASURE_QUERIES = 100
 #: Held-out stored vectors used as queries to tune nprobe.
 TUNING_QUERIES = 200
 #: A filter of at most this many ids, or this fraction of the store, is scanned exactly.
@@ -59,6 +69,8 @@ class IVFStore:
     kind: ClassVar[str] = "ivf"
     #: Are reconstructed vectors the stored ones (False: lossy codes, compared loosely)?
     exact_codes: ClassVar[bool] = True
+    #: Its file can be memory-mapped read-only (FAISS IO_FLAG_MMAP_IFC).
+    can_mmap: ClassVar[bool] = True
     #: The fewest vectors this kind trains on.
     min_train: ClassVar[int] = POINTS_PER_LIST * MIN_NLIST
 
@@ -71,10 +83,23 @@ class IVFStore:
         self.target_recall = target_recall or DEFAULT_TARGET_RECALL
         self.nprobe = 0
         self.recall: float | None = None
+        #: Vectors held when trained, and when recall was last measured (retraining).
+        self.trained_on = 0
+        self.measured_on = 0
+        #: The recall measured right after training (a retrain can reach no more).
+        self.trained_recall: float | None = None
+        #: Why this store was retrained (set by vectors.maintain; kept in the sidecar).
+        self.retrained = ""
+        #: Recall@10 measured with text vectors (labels, past queries) as queries.
+        self.text_recall: float | None = None
+        self.text_queries = 0
+        #: Memory-mapped read-only (vectors.open_store(mmap=True)): `detach` before a change.
+        self.mapped = False
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._ids: np.ndarray | None = None
         if self.trained:
             self.nprobe = int(self.index.nprobe)
+            self.trained_on = self.measured_on = self.ntotal
         self.reason = "" if self.trained else self._untrained_reason()
 
     # -- the kind's codes --------------------------------------------------------------------
@@ -168,7 +193,10 @@ class IVFStore:
                 code_size=code_size,
                 target_recall=self.target_recall,
                 recall=self.recall,
+                trained_on=self.trained_on,
             )
+            if self.text_queries:
+                parameters.update(text_recall=self.text_recall, text_queries=self.text_queries)
             # codes and ids in the lists, the direct map, the centroids
             size = self.ntotal * (code_size + 8 + 16) + self.index.nlist * self.dim * 4
         else:
@@ -192,7 +220,7 @@ class IVFStore:
 
         if self.trained:
             return
-        ids, vectors = self.ids().copy(), self.reconstruct(self.ids())
+        ids, vectors = self.ids().copy(), self._held_vectors()
         n = len(ids)
         rng = np.random.default_rng(seed)
         order = rng.permutation(n)
@@ -202,11 +230,13 @@ class IVFStore:
         if n < self.min_train or nlist < MIN_NLIST:
             self.reason = self._untrained_reason()
             return
-        sample = pool[: min(len(pool), nlist * SAMPLE_PER_LIST)]
+        cap = max(TRAIN_MAX, POINTS_PER_LIST * nlist)
+        sample = np.sort(pool[: min(len(pool), nlist * SAMPLE_PER_LIST, cap)])
         ivf = faiss.index_factory(
             self.dim, self.factory(self.dim, nlist), faiss.METRIC_INNER_PRODUCT
         )
         ivf.cp.verbose = False
+        ivf.cp.niter = KMEANS_ITERATIONS[len(sample) > TRAIN_MAX // 2]
         ivf.train(np.ascontiguousarray(vectors[sample]))
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         for start in range(0, n, DEFAULT_CHUNK):
@@ -214,10 +244,63 @@ class IVFStore:
                 vectors[start : start + DEFAULT_CHUNK], ids[start : start + DEFAULT_CHUNK]
             )
         truth = _exact_top(vectors, ids, vectors[queries], ids[queries], 10)
-        self.index = ivf
+        query_vectors, query_ids = vectors[queries].copy(), ids[queries]
+        self.index = ivf  # the flat index (and the view `vectors` of it) goes
         self.reason = ""
         self._changed()
-        self.tune(vectors[queries], ids[queries], truth)
+        self.tune(query_vectors, query_ids, truth)
+        self.trained_on = self.measured_on = n
+        self.trained_recall = self.recall
+
+    def _held_vectors(self) -> np.ndarray:
+        """Every held vector in `ids()` order: a view of an untrained (flat) index's own
+        storage, so training 1M x 512 does not hold a second 2 GB copy."""
+        import faiss
+
+        flat = faiss.downcast_index(self.index.index)
+        if isinstance(flat, faiss.IndexFlat) and self.ntotal:
+            size = self.ntotal * self.dim
+            return faiss.rev_swig_ptr(flat.get_xb(), size).reshape(-1, self.dim)
+        return self.reconstruct(self.ids())
+
+    # -- retraining --------------------------------------------------------------------------
+
+    def retrain_reason(self) -> str | None:
+        """Why this trained store should be retrained from the stored vectors, or None: the
+        collection grew RETRAIN_GROWTH times past its training, or recall measured again
+        (after REMEASURE_GROWTH) fell below the target that training had reached."""
+        if not self.trained:
+            return None
+        if self.trained_on and self.ntotal >= RETRAIN_GROWTH * self.trained_on:
+            return f"grew from {self.trained_on:,} to {self.ntotal:,} vectors since training"
+        if self.ntotal >= REMEASURE_GROWTH * max(self.measured_on, 1):
+            self.remeasure()
+        reached = self.trained_recall is None or self.trained_recall >= self.target_recall
+        if self.recall is not None and self.recall < self.target_recall and reached:
+            return f"recall@10 fell to {self.recall:.3f}, below the target {self.target_recall}"
+        return None
+
+    def remeasure(self, seed: int = 0) -> float | None:
+        """Recall@10 at the tuned nprobe against a full probe of every list (exact for
+        Flat codes), stored vectors as queries; kept as `recall`."""
+        ids = self.ids()
+        if len(ids) < 2:
+            return self.recall
+        picked = np.random.default_rng(seed).choice(
+            ids, size=min(REMEASURE_QUERIES, len(ids)), replace=False
+        )
+        queries = self.reconstruct(picked)
+        _, full = self.search(queries, 11, nprobe=int(self.index.nlist))
+        _, found = self.search(queries, 11)
+        hits = total = 0
+        for want, got, own in zip(full, found, picked, strict=True):
+            want = [i for i in want.tolist() if i != own and i >= 0][:10]
+            got = [i for i in got.tolist() if i != own and i >= 0][:10]
+            hits, total = hits + len(set(want) & set(got)), total + len(want)
+        self.recall = hits / total if total else 1.0
+        self.measured_on = self.ntotal
+        self.dirty = True
+        return self.recall
 
     def tune(self, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> None:
         """The smallest nprobe whose recall@10 (the query's own id left out) reaches the
@@ -296,13 +379,39 @@ class IVFStore:
 
     def sidecar(self) -> dict[str, Any]:
         """What the sidecar records besides type, dim, seq and ntotal."""
-        return {"target_recall": self.target_recall, "recall": self.recall, "reason": self.reason}
+        return {
+            "target_recall": self.target_recall,
+            "recall": self.recall,
+            "reason": self.reason,
+            "trained_on": self.trained_on,
+            "measured_on": self.measured_on,
+            "trained_recall": self.trained_recall,
+            "retrained": self.retrained,
+            "text_recall": self.text_recall,
+            "text_queries": self.text_queries,
+        }
 
     def load_sidecar(self, data: dict[str, Any]) -> None:
         recall, target = data.get("recall"), data.get("target_recall")
         self.recall = float(recall) if isinstance(recall, (int, float)) else None
         if isinstance(target, (int, float)) and 0 < target <= 1:
             self.target_recall = float(target)
+        for name in ("trained_on", "measured_on", "text_queries"):
+            value = data.get(name)
+            if type(value) is int and value > 0:
+                setattr(self, name, value)
+        for name in ("trained_recall", "text_recall"):
+            value = data.get(name)
+            setattr(self, name, float(value) if isinstance(value, (int, float)) else None)
+        self.retrained = str(data.get("retrained") or "")
+
+    def detach(self) -> None:
+        """Copy a memory-mapped (read-only) index into memory, so it can change."""
+        from clipdex.vectors.base import owned_copy
+
+        if self.mapped:
+            self.index = owned_copy(self.index)
+            self.mapped = False
 
     def write_file(self, path: str) -> None:
         import faiss
@@ -311,15 +420,17 @@ class IVFStore:
             faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))
 
     @classmethod
-    def read_file(cls, path: str, dim: int, seq: int) -> IVFStore:
-        """The store saved at `path` (trained, or still flat); WrongKind otherwise."""
+    def read_file(cls, path: str, dim: int, seq: int, mmap: bool = False) -> IVFStore:
+        """The store saved at `path` (trained, or still flat); WrongKind otherwise.
+        `mmap`: mapped read-only (the codes and ids stay in the file until read)."""
         import faiss
 
+        from clipdex.vectors.base import read_index
         from clipdex.vectors.flat import is_flat_ip
 
-        index = faiss.read_index(path)  # already of its own class (IndexIVFFlat...)
+        index = read_index(path, mmap)  # already of its own class (IndexIVFFlat...)
         if is_flat_ip(index, dim):
-            return cls(dim, seq=seq, index=index)
+            return cls._opened(dim, seq, index, mmap)
         if (
             not isinstance(index, faiss.IndexIVF)
             or not cls.matches(index)
@@ -329,7 +440,13 @@ class IVFStore:
             raise WrongKind(f"not a {cls.kind} index of dimension {dim}")
         if index.direct_map.type != faiss.DirectMap.Hashtable:
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
-        return cls(dim, seq=seq, index=index)
+        return cls._opened(dim, seq, index, mmap)
+
+    @classmethod
+    def _opened(cls, dim: int, seq: int, index, mapped: bool) -> IVFStore:
+        store = cls(dim, seq=seq, index=index)
+        store.mapped = mapped
+        return store
 
 
 class IVFSQ8Store(IVFStore):

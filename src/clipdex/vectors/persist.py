@@ -12,6 +12,7 @@ gets, is decided in vectors/__init__.py and passed in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,14 +47,22 @@ class LoadReport:
 
 
 def open_saved(
-    folder: Path, catalog: Catalog, kinds: Mapping[str, StoreType], default: StoreType
+    folder: Path,
+    catalog: Catalog,
+    kinds: Mapping[str, StoreType],
+    default: StoreType,
+    mmap: bool = False,
 ) -> tuple[VectorStore, LoadReport]:
     """Load the saved store and bring it in step with the catalog; rebuild it as a
-    `default` store when it cannot be trusted or is ahead of the catalog."""
+    `default` store when it cannot be trusted or is ahead of the catalog. With `mmap`, a
+    saved file that reflects the catalog is memory-mapped read-only (see vectors.open_store)."""
     identity = catalog.model_identity()
     if identity is None:
         raise CatalogError(EMPTY_INDEX)
-    loaded, why = load_saved(folder, identity.dim, kinds)
+    if mmap:
+        sidecar = read_sidecar(folder / SIDECAR_FILE)
+        mmap = sidecar is not None and sidecar["seq"] == catalog.change_seq()
+    loaded, why = load_saved(folder, identity.dim, kinds, mmap)
     seq = catalog.change_seq()  # after the load: a save meanwhile is not "newer"
     if loaded is None:
         return rebuild(catalog, default), LoadReport("rebuilt", why)
@@ -95,7 +104,10 @@ def rebuild(catalog: Catalog, store_type: StoreType) -> VectorStore:
 
 def catch_up(store: VectorStore, catalog: Catalog) -> None:
     """Apply the catalog's changes after store.seq: removals, then (re)written vectors,
-    all read in one transaction so that a batch committed meanwhile is not half seen."""
+    all read in one transaction so that a batch committed meanwhile is not half seen.
+    A memory-mapped (read-only) store first copies itself into memory."""
+    if getattr(store, "mapped", False):
+        store.detach()
     with catalog.read_snapshot() as snapshot:
         target = snapshot.change_seq()
         deleted, rewritten = snapshot.changed_since(store.seq)
@@ -110,9 +122,10 @@ def catch_up(store: VectorStore, catalog: Catalog) -> None:
 
 
 def load_saved(
-    folder: Path, dim: int, kinds: Mapping[str, StoreType]
+    folder: Path, dim: int, kinds: Mapping[str, StoreType], mmap: bool = False
 ) -> tuple[VectorStore | None, str]:
-    """The saved store if it can be trusted, else None and why (the caller rebuilds)."""
+    """The saved store if it can be trusted, else None and why (the caller rebuilds);
+    `mmap`: memory-mapped read-only where the kind allows."""
     index_path, sidecar_path = folder / INDEX_FILE, folder / SIDECAR_FILE
     if not index_path.exists() or not sidecar_path.exists():
         return None, "no saved index"
@@ -123,7 +136,10 @@ def load_saved(
     if store_type is None or sidecar["dim"] != dim:
         return None, "saved index has another type or dimension"
     try:
-        store = store_type.read_file(str(index_path), dim, sidecar["seq"])
+        if mmap and getattr(store_type, "can_mmap", False):
+            store = store_type.read_file(str(index_path), dim, sidecar["seq"], mmap=True)
+        else:
+            store = store_type.read_file(str(index_path), dim, sidecar["seq"])
     except WrongKind:
         return None, "saved index has another type or dimension"
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:
@@ -132,6 +148,8 @@ def load_saved(
         return None, "saved index does not match its sidecar"
     if hasattr(store, "load_sidecar"):  # a kind's own settings (an IVF's measured recall)
         store.load_sidecar(sidecar)
+    if isinstance(sidecar.get("choice"), dict):  # why "auto" chose this kind
+        store.choice = sidecar["choice"]
     problem = garbled(store)
     return (None, f"saved index {problem}") if problem else (store, "")
 
@@ -160,6 +178,8 @@ def garbled(store: VectorStore) -> str | None:
     if len(ids) == 0:
         return None
     rows = np.unique(np.linspace(0, len(ids) - 1, num=min(len(ids), NORM_SAMPLE)).astype(int))
+    if hasattr(store, "reconstruct"):  # by id: an IVF need not decode every vector
+        return _not_unit(store, store.reconstruct(ids[rows]))
     start = 0
     for chunk_ids, vectors in store.iter_vectors():
         end = start + len(chunk_ids)
@@ -167,10 +187,17 @@ def garbled(store: VectorStore) -> str | None:
         start = end
         if len(picked) == 0:
             continue
-        with np.errstate(all="ignore"):
-            norms = np.linalg.norm(vectors[picked].astype(np.float64), axis=1)
-        if not np.all(np.abs(norms - 1) <= norm_tolerance(store)):  # false for inf, nan
-            return "holds vectors that are not unit length"
+        problem = _not_unit(store, vectors[picked])
+        if problem:
+            return problem
+    return None
+
+
+def _not_unit(store: VectorStore, vectors: np.ndarray) -> str | None:
+    with np.errstate(all="ignore"):
+        norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+    if not np.all(np.abs(norms - 1) <= norm_tolerance(store)):  # false for inf, nan
+        return "holds vectors that are not unit length"
     return None
 
 
@@ -191,8 +218,15 @@ def save_store(store: VectorStore, folder: Path) -> None:
         store.prepare()
     _atomic_write(folder / INDEX_FILE, store.write_file)
     sidecar = {"type": store.kind, "dim": store.dim, "seq": store.seq, "ntotal": store.ntotal}
+    with contextlib.suppress(OSError):  # lets `status` trust the sidecar without reading
+        sidecar["file_bytes"] = (folder / INDEX_FILE).stat().st_size
     if hasattr(store, "sidecar"):  # a kind's own settings
         sidecar = {**store.sidecar(), **sidecar}
+    # what `clipdex status` shows without opening the store
+    sidecar["parameters"] = store.stats().parameters
+    sidecar["bytes"] = store.stats().bytes
+    if isinstance(getattr(store, "choice", None), dict):
+        sidecar["choice"] = store.choice
     _atomic_write(folder / SIDECAR_FILE, lambda path: Path(path).write_text(json.dumps(sidecar)))
     store.dirty = False
 
