@@ -117,7 +117,7 @@ def test_parquet_records_the_model_in_its_schema_and_photo_metadata_when_present
     shutil.copytree(source, index)
     with sqlite3.connect(index / "catalog.sqlite") as db:
         db.execute(
-            "INSERT INTO photo_meta (image_id, taken_at, camera, lat, lon) "
+            "INSERT OR REPLACE INTO photo_meta (image_id, taken_at, camera, lat, lon) "
             "VALUES (1, 1700000000.0, 'Acme One', 48.85, 2.35)"
         )
     run_cli(runner, "export", str(tmp_path / "out"), "--index", str(index))
