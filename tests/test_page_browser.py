@@ -172,6 +172,8 @@ def expected_uris(served, **params) -> list[str]:
 def test_a_text_query_shows_its_results_with_loaded_thumbnails(page, served):
     total = len(served["labelled"])
     open_page(page, served, k=10)
+    page.wait_for_function(f"() => document.getElementById('q').placeholder.includes('{total}')")
+    assert page.get_attribute("#q", "placeholder") == f"Search {total} images by text"
     search(page, "a red square")
     assert "q=a+red+square" in page.url
     # pages of 10 follow one another while the end of the grid is near the view
@@ -390,6 +392,16 @@ def test_errors_and_empty_results_are_said_plainly(page, served):
     settle(page)
     assert page.is_visible("#error")
     assert "min_score" in page.text_content("#error")
+
+    # an empty index says how to fill it (its status, as the server would give it)
+    page.route(
+        "**/api/v1/status*",
+        lambda route: route.fulfill(content_type="application/json", body='{"images": 0}'),
+    )
+    open_page(page, served)
+    page.wait_for_selector("#empty:not([hidden])")
+    assert "no images yet: run clipdex index FOLDER" in page.text_content("#empty")
+    page.unroute("**/api/v1/status*")
 
     page.goto(served["base"] + "/?q=red")  # no token: the page says how to give one
     settle(page)
