@@ -186,6 +186,8 @@ def test_a_text_query_shows_its_results_with_loaded_thumbnails(page, served):
     assert page.text_content("#summary") == f"{total} results for \u201ca red square\u201d"
     best = api(served, "/api/v1/search", q="a red square", k=1)["results"][0]["score"]
     assert page.text_content(".tile .score") == f"{best:.3f}"
+    # thumbnails load lazily, as they come near the view: many results stay cheap
+    assert page.eval_on_selector_all(".tile img", "imgs => imgs.every(i => i.loading === 'lazy')")
     # every thumbnail is fetched (with the token) and decodes to a real image
     page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
     page.wait_for_function(
