@@ -25,6 +25,8 @@ EXPECTED = {
     "bench_remote.py": r"folder [\d.]+ images/s, s3 [\d.]+ images/s, s3 \+ 50 ms [\d.]+",
     "train_demo_model.py": r"zero-shot top-1 over 48 labels: seen [\d.]+%",
     "screenshot.py": r"screenshot .*: \d+x\d+ px, \d+ KB; \d+\+? results? for",
+    "bench_serve.py": r"text batched +1 (.|\n)*thumbnails \(cached\)(.|\n)*"
+    r"text unbatched +128 (.|\n)*errors: 0",
     "kill_loop.py": r"index: 2 trials, 2 ok, 0 failures(.|\n)*"
     r"classify: 2 trials(.|\n)*check --repair: 2 trials, 2 ok, 0 failures",
 }

@@ -1,0 +1,205 @@
+"""Benchmark: `clipdex serve` under load, micro-batching on vs off, side by side.
+
+    python scripts/bench_serve.py                 # 100,000 vectors, ViT-B-32-256 random weights
+    python scripts/bench_serve.py --tiny          # seconds: clipdex-tiny, 3,000 vectors
+
+An index of synthetic vectors (scripts/_synthetic.py; the catalog records the model
+served, so text queries go through its real text tower) is served by a `clipdex serve`
+process on 127.0.0.1, once with micro-batching and once with --no-batching. An asyncio +
+httpx load generator runs 1, 8, 32 and 128 concurrent clients of text queries (distinct
+texts, k=20), then thumbnail requests (made on demand from real JPEGs behind the first
+ids: a cold pass, then cached). Reported: p50/p99 latency, queries/s, errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _synthetic import build_index, clustered
+
+#: Vector sizes of the models this benchmark serves (random weights: no download).
+DIMS = {"clipdex-tiny": 64, "clipdex-tiny-96": 96}
+WORDS = ("dog", "cat", "beach", "car", "tree", "house", "river", "snow", "bird", "boat")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_photos(root: Path, count: int) -> None:
+    """Real JPEGs behind ids 1..count (build_index names rows ROOT/NNNNNNN.jpg)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        x = np.linspace(0, 255, 1024)[None, :, None]
+        y = np.linspace(0, 255, 768)[:, None, None]
+        tint = rng.integers(0, 255, 3)
+        pixels = (x * 0 + y * 0 + tint + rng.normal(0, 20, (768, 1024, 3))).clip(0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(root / f"{i:07d}.jpg", quality=85)
+
+
+class Server:
+    """`clipdex serve` in a child process, ready when /readyz says so."""
+
+    def __init__(self, index: Path, batching: bool):
+        import httpx
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "clipdex", "serve", "--index", str(index)]
+        command += ["--port", str(self.port)] + ([] if batching else ["--no-batching"])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit("the server exited before it was ready")
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the server was not ready within 300 s")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+async def load(base: str, clients: int, requests: int, paths) -> tuple[list[float], int, float]:
+    """`clients` concurrent clients share `requests` GETs of paths(i); latencies, errors, s."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client_loop(client) -> None:
+        nonlocal errors
+        for i in counter:
+            started = time.perf_counter()
+            try:
+                response = await client.get(paths(i))
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - started)
+            errors += not ok
+
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
+        await client.get("/healthz")
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return latencies, errors, elapsed
+
+
+def text_path(i: int) -> str:
+    words = f"a photo of a {WORDS[i % len(WORDS)]} and a {WORDS[(i // 7) % len(WORDS)]} {i}"
+    return f"/api/v1/search?k=20&q={words.replace(' ', '+')}"
+
+
+def thumb_path(i: int, ids: int) -> str:
+    return f"/api/v1/images/{1 + i % ids}/thumbnail"
+
+
+def row(name: str, clients: int, latencies: list[float], errors: int, elapsed: float) -> float:
+    p50, p99 = np.percentile(np.array(latencies) * 1000, [50, 99])
+    rate = len(latencies) / elapsed
+    print(
+        f"{name:22} {clients:>7} {len(latencies):>8} {p50:>8.1f} {p99:>8.1f} {rate:>9.1f} {errors:>6}"
+    )
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="vectors in the index")
+    parser.add_argument("--model", default="ViT-B-32-256")
+    parser.add_argument("--levels", default="1,8,32,128", help="concurrent clients")
+    parser.add_argument("--requests", type=int, default=256, help="text queries per level")
+    parser.add_argument("--photos", type=int, default=64, help="real images for thumbnails")
+    parser.add_argument("--tiny", action="store_true", help="seconds: clipdex-tiny, 3,000")
+    args = parser.parse_args()
+    if args.tiny:
+        args.n, args.model, args.requests, args.photos = 3000, "clipdex-tiny", 64, 8
+    from clipdex.models.spec import RANDOM_WEIGHTS
+    from clipdex.types import ModelIdentity
+
+    dim = DIMS.get(args.model, 512)
+    identity = ModelIdentity(args.model, RANDOM_WEIGHTS, dim)
+    levels = [int(x) for x in args.levels.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        photos, index = Path(tmp) / "photos", Path(tmp) / "index"
+        write_photos(photos, args.photos)
+        index.mkdir()
+        started = time.perf_counter()
+        build_index(index, clustered(args.n, dim), identity, root=str(photos))
+        print(
+            f"n={args.n:,} model={args.model} (random weights, {dim}-d) flat index built in "
+            f"{time.perf_counter() - started:.1f} s; {os.cpu_count()} cores; "
+            f"{args.requests} text queries (k=20) per level"
+        )
+        print(
+            f"{'':22} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8} "
+            f"{'queries/s':>9} {'errors':>6}"
+        )
+        rates: dict[tuple[str, int], float] = {}
+        total_errors = 0
+        for batching in (True, False):
+            mode = "batched" if batching else "unbatched"
+            server = Server(index, batching)
+            try:
+                asyncio.run(load(server.base, 1, 8, text_path))  # warm up
+                for clients in levels:
+                    requests = max(args.requests, 2 * clients)
+                    lat, errors, s = asyncio.run(load(server.base, clients, requests, text_path))
+                    rates[mode, clients] = row(f"text {mode}", clients, lat, errors, s)
+                    total_errors += errors
+                if batching:
+                    ids = args.photos
+                    thumb = functools.partial(thumb_path, ids=ids)
+
+                    for name in ("thumbnails (cold)", "thumbnails (cached)"):
+                        lat, errors, s = asyncio.run(load(server.base, min(8, ids), ids, thumb))
+                        row(name, min(8, ids), lat, errors, s)
+                        total_errors += errors
+                    lat, errors, s = asyncio.run(load(server.base, 32, 4 * args.requests, thumb))
+                    row("thumbnails (cached)", 32, lat, errors, s)
+                    total_errors += errors
+            finally:
+                server.stop()
+        high = 32 if 32 in levels else levels[-1]
+        for mode in ("batched", "unbatched"):
+            one, many = rates.get((mode, 1)), rates.get((mode, high))
+            if one and many:
+                print(
+                    f"{mode}: {many:.1f} queries/s at {high} clients = {many / one:.2f}x "
+                    f"the one-client rate ({one:.1f})"
+                )
+        if ("batched", high) in rates and ("unbatched", high) in rates:
+            gain = rates["batched", high] / rates["unbatched", high]
+            print(f"batching at {high} clients: {gain:.2f}x the unbatched rate")
+        print(f"errors: {total_errors}")
+
+
+if __name__ == "__main__":
+    main()
