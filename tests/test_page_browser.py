@@ -4,6 +4,7 @@ classification run. `.ci/run` installs chromium when it is missing."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -171,6 +172,8 @@ def expected_uris(served, **params) -> list[str]:
 def test_a_text_query_shows_its_results_with_loaded_thumbnails(page, served):
     total = len(served["labelled"])
     open_page(page, served, k=10)
+    page.wait_for_function(f"() => document.getElementById('q').placeholder.includes('{total}')")
+    assert page.get_attribute("#q", "placeholder") == f"Search {total} images by text"
     search(page, "a red square")
     assert "q=a+red+square" in page.url
     # pages of 10 follow one another while the end of the grid is near the view
@@ -183,6 +186,8 @@ def test_a_text_query_shows_its_results_with_loaded_thumbnails(page, served):
     assert page.text_content("#summary") == f"{total} results for \u201ca red square\u201d"
     best = api(served, "/api/v1/search", q="a red square", k=1)["results"][0]["score"]
     assert page.text_content(".tile .score") == f"{best:.3f}"
+    # thumbnails load lazily, as they come near the view: many results stay cheap
+    assert page.eval_on_selector_all(".tile img", "imgs => imgs.every(i => i.loading === 'lazy')")
     # every thumbnail is fetched (with the token) and decodes to a real image
     page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
     page.wait_for_function(
@@ -276,22 +281,77 @@ def test_the_label_filter_shows_only_images_with_that_label(page, served):
     assert len(shown_uris(page)) == len(served["labelled"])
 
 
-def test_an_uploaded_image_finds_itself_first_and_back_restores(page, served):
+def drop_file(page, path: Path) -> None:
+    """Drop a file on the page as a user dragging it from a file manager would."""
+    page.evaluate(
+        """([name, data]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: "image/png" }));
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                document.body.dispatchEvent(
+                    new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true })
+                );
+            }
+        }""",
+        [path.name, base64.b64encode(path.read_bytes()).decode()],
+    )
+
+
+def test_an_uploaded_or_dropped_image_finds_itself_first_and_back_restores(page, served):
     open_page(page, served)
     search(page, "a green triangle")
     before = shown_uris(page)
-    picked = sorted(served["photos"].glob("img*.jpg"))[4]
+    page.fill("#q", "")  # the image alone (with text in the box, both are searched)
+    picked, dropped = sorted(served["photos"].glob("img*.png"))[2:4]
     page.set_input_files("#image-input", str(picked))
     page.wait_for_function("() => new URLSearchParams(location.search).get('image') === '1'")
     settle(page)
-    assert shown_uris(page)[0] == str(picked)
+    by_picked = shown_uris(page)
+    assert by_picked[0] == str(picked)
+    assert page.text_content(".tile .score") == "1.000"
     assert page.is_visible("#image-chip")
     assert page.text_content("#image-chip-name") == picked.name
+
+    drop_file(page, dropped)
+    page.wait_for_function(
+        f"() => document.querySelector('.tile')?.title.endsWith('{dropped.name}')"
+    )
+    settle(page)
+    assert page.is_hidden("#drop")
+    assert page.text_content("#image-chip-name") == dropped.name
+
+    page.go_back()  # the picked image's results, from the image kept in memory
+    page.wait_for_function(
+        f"() => document.querySelector('.tile')?.title.endsWith('{picked.name}')"
+    )
+    settle(page)
+    assert shown_uris(page) == by_picked
     page.go_back()
     page.wait_for_function("() => !new URLSearchParams(location.search).has('image')")
     settle(page)
     assert shown_uris(page) == before
     assert page.is_hidden("#image-chip")
+
+
+def test_the_page_fits_a_phone(browser, served):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    try:
+        open_page(page, served, q="a blue circle")
+        settle(page)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        boxes = [page.locator(".tile").nth(i).bounding_box() for i in range(4)]
+        assert len({box["y"] for box in boxes[:3]}) == 1  # three results side by side
+        assert all(box["width"] >= 90 for box in boxes)
+        page.locator(".tile").first.click()
+        page.wait_for_selector("#detail[open] #detail-meta dd")
+        dialog = page.locator("#detail").bounding_box()
+        assert dialog["x"] >= 0 and dialog["x"] + dialog["width"] <= 390
+        assert page.locator("#like").is_visible()
+    finally:
+        context.close()
 
 
 def test_the_keyboard_moves_opens_and_closes(page, served):
@@ -334,6 +394,16 @@ def test_errors_and_empty_results_are_said_plainly(page, served):
     settle(page)
     assert page.is_visible("#error")
     assert "min_score" in page.text_content("#error")
+
+    # an empty index says how to fill it (its status, as the server would give it)
+    page.route(
+        "**/api/v1/status*",
+        lambda route: route.fulfill(content_type="application/json", body='{"images": 0}'),
+    )
+    open_page(page, served)
+    page.wait_for_selector("#empty:not([hidden])")
+    assert "no images yet: run clipdex index FOLDER" in page.text_content("#empty")
+    page.unroute("**/api/v1/status*")
 
     page.goto(served["base"] + "/?q=red")  # no token: the page says how to give one
     settle(page)

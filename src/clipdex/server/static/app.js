@@ -92,7 +92,15 @@
         const headers = token ? { Authorization: "Bearer " + token } : {};
         const response = await fetch("/readyz", { headers });
         if (response.ok) break;
-        showReady("Loading the model\u2026 searches start as soon as it is ready.");
+        let detail = "";
+        try {
+          detail = String((await response.json()).detail || "");
+        } catch (_) {
+          detail = "";
+        }
+        // the server says why when loading failed (e.g. the model's weights are missing)
+        const why = detail && detail !== "the model is loading" ? " (" + detail + ")" : "";
+        showReady("Loading the model\u2026 searches start as soon as it is ready." + why);
       } catch (_) {
         showReady("Waiting for the server\u2026");
       }
@@ -480,6 +488,32 @@
     selectLabel(keep);
   }
 
+  // ---- the index's size ----------------------------------------------------------------
+
+  async function loadStatus() {
+    let status;
+    try {
+      status = await api("/api/v1/status");
+    } catch (_) {
+      return;
+    }
+    if (typeof status.images !== "number") return;
+    if (status.images > 0) {
+      els.q.placeholder = "Search " + status.images.toLocaleString("en") + " images by text";
+    } else if (isEmpty(query)) {
+      els.empty.replaceChildren();
+      for (const text of [
+        "This index has no images yet: run clipdex index FOLDER.",
+        "New images show up here without restarting the server.",
+      ]) {
+        const p = document.createElement("p");
+        p.textContent = text;
+        els.empty.append(p);
+      }
+      els.empty.hidden = false;
+    }
+  }
+
   // ---- query images: pick or drop ----------------------------------------------------
 
   function useImage(file) {
@@ -627,6 +661,7 @@
   // ---- start --------------------------------------------------------------------------------
   pollReady();
   loadRuns();
+  loadStatus();
   const first = queryFromLocation();
   history.replaceState({ ...(history.state || {}), image: first.image || null }, "", location.pathname + location.search);
   show(first, (history.state && history.state.shown) || 0);
