@@ -24,6 +24,7 @@ _EXPORTS = {
     "ModelIdentity": "clipdex.types",
     "Embedder": "clipdex.models.open_clip",
     "IndexReport": "clipdex.indexer.run",
+    "RayOptions": "clipdex.indexer.ray_run",
     "SearchResult": "clipdex.search.results",
 }
 
@@ -34,6 +35,7 @@ __all__ = [
     "IndexStatus",
     "ModelIdentity",
     "ModelSpec",
+    "RayOptions",
     "SearchResult",
     "__version__",
     "open_index",
@@ -41,6 +43,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.api import Index, IndexStatus, open_index
+    from clipdex.indexer.ray_run import RayOptions
     from clipdex.indexer.run import IndexReport
     from clipdex.models.open_clip import Embedder
     from clipdex.models.spec import ModelSpec

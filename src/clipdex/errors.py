@@ -62,3 +62,7 @@ class LabelsError(QueryError):
 
 class ImageDecodeError(ClipdexError):
     """One image cannot be read; recorded as a failure, never fatal to a run."""
+
+
+class BackendError(ClipdexError):
+    """A distributed embedding backend (Ray) is not installed, unreachable, or failed."""

@@ -28,6 +28,7 @@ from clipdex.classify.runs import (
 )
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
 from clipdex.errors import IndexNotFoundError, QueryError, SourceError
+from clipdex.indexer.ray_run import RayOptions, require_ray
 from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_source
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
@@ -266,6 +267,7 @@ class Index:
         exact_decode: bool = False,
         index_type: str | None = None,
         target_recall: float | None = None,
+        ray: RayOptions | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
         """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
@@ -298,9 +300,13 @@ class Index:
                 ivf-pq), kept by later runs; a change rebuilds it from the stored vectors.
             target_recall: the recall@10 against exact search an IVF's nprobe is tuned to
                 reach (0 < r <= 1; default 0.95), kept by later runs.
+            ray: embed through Ray Data (a local Ray, or a cluster: RayOptions) instead
+                of in this process; the plan, the catalog and its writes stay here.
             on_progress: called as on_progress(phase, done, total).
         """
         check_settings(index_type, target_recall)
+        if ray is not None:
+            require_ray()  # before anything is opened or written
         try:
             source = open_source(
                 path,
@@ -343,6 +349,7 @@ class Index:
                 verify=verify,
                 fetch_workers=fetch_workers,
                 exact_decode=exact_decode,
+                ray=ray,
             )
             report = index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress

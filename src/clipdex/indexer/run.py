@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
 from clipdex.errors import SourceError
 from clipdex.indexer.fetch_pipeline import fetch_batches
-from clipdex.indexer.pipeline import Batch, decode_batches
+from clipdex.indexer.pipeline import Batch, Decoded, decode_batches
 from clipdex.indexer.plan import Reuse, SyncPlan, plan_sync
+from clipdex.indexer.ray_run import RayOptions, ray_embedding, require_ray
 from clipdex.media.decode import DEFAULT_MAX_PIXELS
 from clipdex.models.open_clip import Embedder
 from clipdex.sources import Source
@@ -45,6 +47,8 @@ class IndexReport:
     #: Other sources a rebuild with another model forgot (their vectors were the old
     #: model's): index them again to search them.
     forgotten_sources: tuple[str, ...] = ()
+    #: Ray actors that embedded (0: embedded in this process, or nothing to embed).
+    ray_workers: int = 0
 
     @property
     def embedded(self) -> int:
@@ -68,6 +72,8 @@ class RunOptions:
     #: Decode every image at full size: open_clip's preprocessing bit for bit, slower on
     #: large photos. Otherwise images are decoded at the size the model needs.
     exact_decode: bool = False
+    #: Embed through Ray Data (indexer/ray_run.py) instead of in this process.
+    ray: RayOptions | None = None
 
 
 def index_source(
@@ -87,6 +93,8 @@ def index_source(
     up from the catalog when it is opened.
     """
     started = time.perf_counter()
+    if options.ray is not None:
+        require_ray()  # before the scan: say so at once
     known_source = catalog.find_source_id(source.uri)
     plan = plan_sync(source, catalog, known_source, options.rebuild, options.verify, on_progress)
     if plan.listed == 0 and not options.allow_empty:
@@ -104,7 +112,7 @@ def index_source(
     if plan.to_embed:
         embedder = get_embedder()
         catalog.claim_model(embedder.identity)
-    failed = removed = kept = 0
+    failed = removed = kept = ray_workers = 0
     has_model = catalog.model_identity() is not None
     stale = has_model and not is_current(folder, catalog)  # killed before a save
     if has_model and (embedder is not None or plan.unlink_ids or plan.reuse or stale):
@@ -114,7 +122,7 @@ def index_source(
         catch_up(vectors, catalog)
         try:
             if embedder is not None:
-                failed = _embed_all(
+                failed, ray_workers = _embed_all(
                     folder,
                     catalog,
                     vectors,
@@ -145,6 +153,7 @@ def index_source(
         seconds=time.perf_counter() - started,
         reused=len(plan.reuse),
         kept=kept,
+        ray_workers=ray_workers,
     )
 
 
@@ -207,25 +216,50 @@ def _embed_all(
     plan: SyncPlan,
     options: RunOptions,
     on_progress: ProgressCallback | None,
-) -> int:
-    """Decode, embed and commit the plan's files batch by batch; return how many failed."""
+) -> tuple[int, int]:
+    """Decode, embed and commit the plan's files batch by batch, here or through Ray;
+    return how many failed and how many Ray workers embedded."""
     failed = done = 0
     last_save = time.monotonic()
     total = len(plan.to_embed)
     if on_progress:
         on_progress("embed", 0, total)
-    for batch in _batches(source, plan, embedder, options):
-        records = _embed(embedder, batch)
-        failed += sum(1 for record in records if not record.ok)
-        catalog.write_batch(source_id, records)
-        catch_up(vectors, catalog)
-        done += len(records)
-        if on_progress:
-            on_progress("embed", done, total)
-        if time.monotonic() - last_save > SAVE_EVERY_S:
-            save_store(vectors, folder)
-            last_save = time.monotonic()
-    return failed
+    with contextlib.ExitStack() as stack:
+        if options.ray is not None:
+            stream = stack.enter_context(_ray_stream(source, plan, embedder, options))
+            ray_workers = stream.workers
+        else:
+            stream = (
+                _embed(embedder, batch) for batch in _batches(source, plan, embedder, options)
+            )
+            ray_workers = 0
+        for items, image_vectors in stream:
+            records = records_for(items, image_vectors)
+            failed += sum(1 for record in records if not record.ok)
+            catalog.write_batch(source_id, records)
+            catch_up(vectors, catalog)
+            done += len(records)
+            if on_progress:
+                on_progress("embed", done, total)
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                save_store(vectors, folder)
+                last_save = time.monotonic()
+    return failed, ray_workers
+
+
+def _ray_stream(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
+    assert options.ray is not None
+    return ray_embedding(
+        plan.to_embed,
+        local=source.local,
+        store=source.store,
+        embedder=embedder,
+        options=options.ray,
+        batch_size=options.batch_size,
+        max_pixels=options.max_pixels,
+        decode_size=None if options.exact_decode else getattr(embedder, "decode_size", None),
+        fetch_workers=options.fetch_workers,
+    )
 
 
 def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
@@ -251,11 +285,16 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
     )
 
 
-def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:
+def _embed(embedder: Embedder, batch: Batch) -> tuple[list[Decoded], Any]:
     vectors = embedder.encode_images(batch.pixels) if batch.pixels is not None else []
+    return batch.items, vectors
+
+
+def records_for(items: list[Decoded], vectors: Any) -> list[ImageRecord]:
+    """Catalog records of a batch: each decoded item with the next vector, or its failure."""
     records = []
     position = 0
-    for item in batch.items:
+    for item in items:
         entry = item.entry
         record = ImageRecord(
             uri=entry.uri,
