@@ -37,17 +37,17 @@ def model_spec(
     return ModelSpec(name, pretrained, str(checkpoint) if checkpoint else None)
 
 
-def ray_options(use_ray: bool, address: str | None, workers: int | None, gpus: float):
+def ray_options(use_ray: bool, address: str | None, workers: int | None, gpus: float | None):
     """The RayOptions the --ray flags ask for, or None (embed in this process)."""
     if not use_ray:
-        if address is not None or workers is not None or gpus:
+        if address is not None or workers is not None or gpus is not None:
             raise click.UsageError(
                 "--ray-address, --ray-workers and --ray-gpus-per-worker need --ray"
             )
         return None
     from clipdex.indexer.ray_run import RayOptions
 
-    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus)
+    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus or 0.0)
 
 
 def ray_summary(workers: int) -> str:
@@ -136,8 +136,8 @@ def ray_summary(workers: int) -> str:
 @click.option(
     "--ray-gpus-per-worker",
     type=click.FloatRange(0, 64),
-    default=0.0,
-    help="With --ray: GPUs each embedding actor holds (0: CPU actors).",
+    default=None,
+    help="With --ray: GPUs each embedding actor holds [default: 0, CPU actors].",
 )
 @wait_option()
 @handle_errors
