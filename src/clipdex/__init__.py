@@ -24,6 +24,7 @@ _EXPORTS = {
     "ModelIdentity": "clipdex.types",
     "Embedder": "clipdex.models.open_clip",
     "IndexReport": "clipdex.indexer.run",
+    "RayOptions": "clipdex.indexer.ray_run",
     "SearchResult": "clipdex.search.results",
     "Filters": "clipdex.search.filters",
     "Near": "clipdex.search.filters",
@@ -38,6 +39,7 @@ __all__ = [
     "ModelIdentity",
     "ModelSpec",
     "Near",
+    "RayOptions",
     "SearchResult",
     "__version__",
     "open_index",
@@ -45,6 +47,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.api import Index, IndexStatus, open_index
+    from clipdex.indexer.ray_run import RayOptions
     from clipdex.indexer.run import IndexReport
     from clipdex.models.open_clip import Embedder
     from clipdex.models.spec import ModelSpec

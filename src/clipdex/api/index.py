@@ -30,6 +30,7 @@ from clipdex.classify.runs import (
 )
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
 from clipdex.errors import IndexNotFoundError, QueryError, SourceError
+from clipdex.indexer.ray_run import RayOptions, require_ray
 from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_source
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
@@ -356,6 +357,7 @@ class Index:
         target_recall: float | None = None,
         thumbnails: bool = True,
         memory_budget: int | str | None = None,
+        ray: RayOptions | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> IndexReport:
         """Index a folder, an image file, a bucket prefix (`s3://...`), or with `from_list`
@@ -394,9 +396,13 @@ class Index:
                 pixels decoded for the model) in the index folder, for viewers.
             memory_budget: bytes (or "500MB", "2GB", "25%") the automatic kind may hold
                 in memory (default: a quarter of memory), kept by later runs.
+            ray: embed through Ray Data (a local Ray, or a cluster: RayOptions) instead
+                of in this process; the plan, the catalog and its writes stay here.
             on_progress: called as on_progress(phase, done, total).
         """
         budget = check_settings(index_type, target_recall, memory_budget)
+        if ray is not None:
+            require_ray()  # before anything is opened or written
         try:
             source = open_source(
                 path,
@@ -440,6 +446,7 @@ class Index:
                 fetch_workers=fetch_workers,
                 exact_decode=exact_decode,
                 thumbnails=thumbnails,
+                ray=ray,
             )
             report = index_source(
                 self.folder, catalog, source, lambda: self.embedder(model), options, on_progress

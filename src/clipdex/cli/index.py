@@ -43,6 +43,26 @@ def model_spec(
     return ModelSpec(name, pretrained, str(checkpoint) if checkpoint else None)
 
 
+def ray_options(use_ray: bool, address: str | None, workers: int | None, gpus: float | None):
+    """The RayOptions the --ray flags ask for, or None (embed in this process)."""
+    if not use_ray:
+        if address is not None or workers is not None or gpus is not None:
+            raise click.UsageError(
+                "--ray-address, --ray-workers and --ray-gpus-per-worker need --ray"
+            )
+        return None
+    from clipdex.indexer.ray_run import RayOptions
+
+    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus or 0.0)
+
+
+def ray_summary(workers: int) -> str:
+    """How the run summary says that Ray embedded, and with how many actors."""
+    if not workers:
+        return ""
+    return f"; embedded through Ray by {workers} worker{'s' if workers != 1 else ''}"
+
+
 @click.command("index")
 @click.argument("paths", nargs=-1)
 @index_option
@@ -116,10 +136,47 @@ def model_spec(
     default=True,
     help="Store no thumbnails (a viewer like `clipdex serve` then makes them on demand).",
 )
+@click.option(
+    "--ray",
+    "use_ray",
+    is_flag=True,
+    help="Embed through Ray Data: decoding in Ray tasks, the model in Ray actors "
+    "(pip install 'clipdex[ray]'). The plan and the catalog stay in this process.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --ray: 'auto' (this machine's cluster) or ray://HOST:10001 "
+    "[default: a local Ray started for the run].",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="With --ray: embedding actors, one model each [default: one per GPU, else one per node].",
+)
+@click.option(
+    "--ray-gpus-per-worker",
+    type=click.FloatRange(0, 64),
+    default=None,
+    help="With --ray: GPUs each embedding actor holds [default: 0, CPU actors].",
+)
 @wait_option()
 @handle_errors
 def index_command(
-    paths, lists, index_dir, model, pretrained, checkpoint, device, precision, **run_options
+    paths,
+    lists,
+    index_dir,
+    model,
+    pretrained,
+    checkpoint,
+    device,
+    precision,
+    use_ray,
+    ray_address,
+    ray_workers,
+    ray_gpus_per_worker,
+    **run_options,
 ) -> None:
     """Index image folders, files, bucket prefixes or lists of uris.
 
@@ -131,6 +188,7 @@ def index_command(
         clipdex index ./images --model clipdex-tiny
         clipdex index s3://photos/2024/ --endpoint-url http://127.0.0.1:9000
         clipdex index --from-list urls.txt
+        clipdex index s3://photos/ --ray --ray-workers 8 --ray-gpus-per-worker 1
     """
     from clipdex.api import Index
     from clipdex.cli.progress import Progress
@@ -138,6 +196,7 @@ def index_command(
     if not paths and not lists:
         raise click.UsageError("give a folder, file or uri to index, or --from-list FILE")
     targets = [(str(p), False) for p in paths] + [(str(p), True) for p in lists]
+    run_options["ray"] = ray_options(use_ray, ray_address, ray_workers, ray_gpus_per_worker)
     with Index(index_dir, device=device, precision=precision) as index:
         stored = index.model_identity() if index.exists else None
         spec = model_spec(model, pretrained, checkpoint, stored.name if stored else None)
@@ -152,6 +211,7 @@ def index_command(
                 f"{report.removed} removed{kept}, {report.unchanged} unchanged, "
                 f"{report.failed} failed; {report.embedded} embedded, {report.reused} reused "
                 f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
+                + ray_summary(report.ray_workers)
             )
             if report.meta_filled:
                 click.echo(

@@ -36,26 +36,7 @@ def fetch_batches(
     `thumbnails`, each carries a thumbnail made from its decoded image."""
 
     def work(entry: FileEntry) -> tuple[Decoded, Any]:
-        fingerprint = entry.stored_fingerprint
-        try:
-            if entry.size > MAX_OBJECT_BYTES:
-                raise ImageDecodeError(f"object too large: {entry.size:,} bytes")
-            data = fetch_bytes(fs_for(entry.uri), entry.uri, retry)
-        except ImageDecodeError as exc:
-            return Decoded(entry, error=str(exc), fingerprint=fingerprint), None
-        # Without a version from the store (local files, servers that send none), the
-        # content itself is the fingerprint.
-        fingerprint = fingerprint or fingerprint_bytes(data)
-        try:
-            loaded = load_image_for(data, max_pixels, decode_size)
-            pixels = preprocess(loaded.image)
-        except ImageDecodeError as exc:
-            return Decoded(entry, error=str(exc), fingerprint=fingerprint), None
-        except Exception as exc:  # a transform failing on a legal image is still one file
-            return Decoded(
-                entry, error=f"preprocessing failed: {exc}", fingerprint=fingerprint
-            ), None
-        return decoded(entry, loaded, fingerprint, thumbnails), pixels
+        return fetch_one(entry, fs_for, preprocess, max_pixels, retry, decode_size, thumbnails)
 
     pending: deque[tuple[FileEntry, Future]] = deque()
     in_flight = 0
@@ -80,3 +61,34 @@ def fetch_batches(
                 items = []
         if items:
             yield collate(items)
+
+
+def fetch_one(
+    entry: FileEntry,
+    fs_for: Callable[[str], Any],
+    preprocess: Callable,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    retry: RetryPolicy | None = None,
+    decode_size: int | None = None,
+    thumbnail: bool = False,
+) -> tuple[Decoded, Any]:
+    """One object -> (Decoded, preprocessed pixels or None): the one fetch and decode of
+    remote objects, in this thread pool or in Ray tasks alike (with a thumbnail if asked)."""
+    fingerprint = entry.stored_fingerprint
+    try:
+        if entry.size > MAX_OBJECT_BYTES:
+            raise ImageDecodeError(f"object too large: {entry.size:,} bytes")
+        data = fetch_bytes(fs_for(entry.uri), entry.uri, retry)
+    except ImageDecodeError as exc:
+        return Decoded(entry, error=str(exc), fingerprint=fingerprint), None
+    # Without a version from the store (local files, servers that send none), the
+    # content itself is the fingerprint.
+    fingerprint = fingerprint or fingerprint_bytes(data)
+    try:
+        loaded = load_image_for(data, max_pixels, decode_size)
+        pixels = preprocess(loaded.image)
+    except ImageDecodeError as exc:
+        return Decoded(entry, error=str(exc), fingerprint=fingerprint), None
+    except Exception as exc:  # a transform failing on a legal image is still one file
+        return Decoded(entry, error=f"preprocessing failed: {exc}", fingerprint=fingerprint), None
+    return decoded(entry, loaded, fingerprint, thumbnail), pixels

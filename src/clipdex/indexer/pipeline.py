@@ -75,17 +75,34 @@ class _DecodeDataset:
         return len(self.entries)
 
     def __getitem__(self, position: int) -> tuple[Decoded, Any]:
-        entry = self.entries[position]
-        content, readable = read_fingerprinted(entry.uri)  # the bytes hashed are decoded
-        try:
-            loaded = load_image_for(readable, self.max_pixels, self.decode_size)
-        except ImageDecodeError as exc:
-            return Decoded(entry, error=str(exc), fingerprint=content), None
-        try:
-            pixels = self.preprocess(loaded.image)
-        except Exception as exc:  # a transform failing on a legal image is still one file
-            return Decoded(entry, error=f"preprocessing failed: {exc}", fingerprint=content), None
-        return decoded(entry, loaded, content, self.thumbnails), pixels
+        return decode_file(
+            self.entries[position],
+            self.preprocess,
+            self.max_pixels,
+            self.decode_size,
+            self.thumbnails,
+        )
+
+
+def decode_file(
+    entry: FileEntry,
+    preprocess: Callable,
+    max_pixels: int,
+    decode_size: int | None,
+    thumbnail: bool = False,
+) -> tuple[Decoded, Any]:
+    """One local file -> (Decoded, preprocessed pixels or None): the one decode of local
+    files, in DataLoader workers or Ray tasks alike (with a thumbnail if asked)."""
+    content, readable = read_fingerprinted(entry.uri)  # the bytes hashed are decoded
+    try:
+        loaded = load_image_for(readable, max_pixels, decode_size)
+    except ImageDecodeError as exc:
+        return Decoded(entry, error=str(exc), fingerprint=content), None
+    try:
+        pixels = preprocess(loaded.image)
+    except Exception as exc:  # a transform failing on a legal image is still one file
+        return Decoded(entry, error=f"preprocessing failed: {exc}", fingerprint=content), None
+    return decoded(entry, loaded, content, thumbnail), pixels
 
 
 def decoded(

@@ -7,13 +7,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
 from clipdex.errors import SourceError
 from clipdex.indexer.fetch_pipeline import fetch_batches
 from clipdex.indexer.photo_meta import fill_photo_meta
-from clipdex.indexer.pipeline import Batch, decode_batches
+from clipdex.indexer.pipeline import Batch, Decoded, decode_batches
 from clipdex.indexer.plan import Reuse, SyncPlan, plan_sync
+from clipdex.indexer.ray_run import RayOptions, ray_embedding, require_ray
 from clipdex.indexer.thumbnails import store_thumbnails
 from clipdex.media.decode import DEFAULT_MAX_PIXELS
 from clipdex.models.open_clip import Embedder
@@ -57,6 +59,8 @@ class IndexReport:
     forgotten_sources: tuple[str, ...] = ()
     #: Images indexed before whose photo metadata (EXIF) this run read, without embedding.
     meta_filled: int = 0
+    #: Ray actors that embedded (0: embedded in this process, or nothing to embed).
+    ray_workers: int = 0
 
     @property
     def embedded(self) -> int:
@@ -82,6 +86,8 @@ class RunOptions:
     exact_decode: bool = False
     #: Store a thumbnail of each image embedded (from its decoded pixels) for viewers.
     thumbnails: bool = True
+    #: Embed through Ray Data (indexer/ray_run.py) instead of in this process.
+    ray: RayOptions | None = None
 
 
 def index_source(
@@ -101,6 +107,8 @@ def index_source(
     up from the catalog when it is opened.
     """
     started = time.perf_counter()
+    if options.ray is not None:
+        require_ray()  # before the scan: say so at once
     known_source = catalog.find_source_id(source.uri)
     plan = plan_sync(source, catalog, known_source, options.rebuild, options.verify, on_progress)
     if plan.listed == 0 and not options.allow_empty:
@@ -118,7 +126,7 @@ def index_source(
     if plan.to_embed:
         embedder = get_embedder()
         catalog.claim_model(embedder.identity)
-    failed = removed = kept = 0
+    failed = removed = kept = ray_workers = 0
     has_model = catalog.model_identity() is not None
     stale = has_model and not is_current(folder, catalog)  # killed before a save
     if has_model and (embedder is not None or plan.unlink_ids or plan.reuse or stale):
@@ -129,7 +137,7 @@ def index_source(
         catch_up(vectors, catalog)
         try:
             if embedder is not None:
-                failed = _embed_all(
+                failed, ray_workers = _embed_all(
                     folder,
                     catalog,
                     vectors,
@@ -166,6 +174,7 @@ def index_source(
         reused=len(plan.reuse),
         kept=kept,
         meta_filled=meta_filled,
+        ray_workers=ray_workers,
     )
 
 
@@ -229,26 +238,51 @@ def _embed_all(
     plan: SyncPlan,
     options: RunOptions,
     on_progress: ProgressCallback | None,
-) -> int:
-    """Decode, embed and commit the plan's files batch by batch; return how many failed."""
+) -> tuple[int, int]:
+    """Decode, embed and commit the plan's files batch by batch, here or through Ray;
+    return how many failed and how many Ray workers embedded."""
     failed = done = 0
     last_save = time.monotonic()
     total = len(plan.to_embed)
     if on_progress:
         on_progress("embed", 0, total)
-    for batch in _batches(source, plan, embedder, options):
-        records = _embed(embedder, batch)
-        failed += sum(1 for record in records if not record.ok)
-        catalog.write_batch(source_id, records)
-        store_thumbnails(folder, catalog, batch)
-        catch_up(vectors, catalog)
-        done += len(records)
-        if on_progress:
-            on_progress("embed", done, total)
-        if time.monotonic() - last_save > SAVE_EVERY_S:
-            save_store(vectors, folder)
-            last_save = time.monotonic()
-    return failed
+    with contextlib.ExitStack() as stack:
+        if options.ray is not None:
+            stream = stack.enter_context(_ray_stream(source, plan, embedder, options))
+            ray_workers = stream.workers
+        else:
+            stream = (
+                _embed(embedder, batch) for batch in _batches(source, plan, embedder, options)
+            )
+            ray_workers = 0
+        for items, image_vectors in stream:
+            records = records_for(items, image_vectors)
+            failed += sum(1 for record in records if not record.ok)
+            catalog.write_batch(source_id, records)
+            store_thumbnails(folder, catalog, items)
+            catch_up(vectors, catalog)
+            done += len(records)
+            if on_progress:
+                on_progress("embed", done, total)
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                save_store(vectors, folder)
+                last_save = time.monotonic()
+    return failed, ray_workers
+
+
+def _ray_stream(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
+    assert options.ray is not None
+    return ray_embedding(
+        plan.to_embed,
+        local=source.local,
+        store=source.store,
+        embedder=embedder,
+        options=options.ray,
+        batch_size=options.batch_size,
+        max_pixels=options.max_pixels,
+        decode_size=None if options.exact_decode else getattr(embedder, "decode_size", None),
+        fetch_workers=options.fetch_workers,
+    )
 
 
 def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
@@ -276,11 +310,16 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
     )
 
 
-def _embed(embedder: Embedder, batch: Batch) -> list[ImageRecord]:
+def _embed(embedder: Embedder, batch: Batch) -> tuple[list[Decoded], Any]:
     vectors = embedder.encode_images(batch.pixels) if batch.pixels is not None else []
+    return batch.items, vectors
+
+
+def records_for(items: list[Decoded], vectors: Any) -> list[ImageRecord]:
+    """Catalog records of a batch: each decoded item with the next vector, or its failure."""
     records = []
     position = 0
-    for item in batch.items:
+    for item in items:
         entry = item.entry
         record = ImageRecord(
             uri=entry.uri,

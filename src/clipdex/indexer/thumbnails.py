@@ -6,20 +6,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipdex.indexer.pipeline import Batch
+from collections.abc import Sequence
+
+from clipdex.indexer.pipeline import Decoded
 from clipdex.storage.catalog import Catalog
 from clipdex.storage.image_info import ids_of_uris
 from clipdex.storage.thumbs import ThumbnailStore
 
 
-def store_thumbnails(folder: Path, catalog: Catalog, batch: Batch) -> int:
-    """Write the batch's thumbnails; how many were written. A thumbnail that cannot be
+def store_thumbnails(folder: Path, catalog: Catalog, items: Sequence[Decoded]) -> int:
+    """Write the thumbnails of a committed batch's items; how many were written. A thumbnail that cannot be
     written (a full disk) is skipped: viewers make it again on demand."""
-    ids = ids_of_uris(catalog, [item.entry.uri for item in batch.items])
+    ids = ids_of_uris(catalog, [item.entry.uri for item in items])
     store = ThumbnailStore(folder)
     written = 0
     stale = []
-    for item in batch.items:
+    for item in items:
         image_id = ids.get(item.entry.uri)
         if image_id is None:
             continue
