@@ -66,5 +66,7 @@ class ImageDecodeError(ClipdexError):
 
 class ExchangeError(ClipdexError):
     """An export folder cannot be written, or embeddings to import are malformed."""
+
+
 class BackendError(ClipdexError):
     """A distributed embedding backend (Ray) is not installed, unreachable, or failed."""

@@ -4,9 +4,8 @@ thumbnail of an image rewritten without one (it failed, or thumbnails are off)."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from collections.abc import Sequence
+from pathlib import Path
 
 from clipdex.indexer.pipeline import Decoded
 from clipdex.storage.catalog import Catalog
