@@ -24,6 +24,10 @@ EXPECTED = {
     "bench_search.py": r"flat .* 1\.000 (.|\n)*ivf .*nprobe=\d+(.|\n)*ivf-pq .*recall=[\d.]+",
     "bench_remote.py": r"folder [\d.]+ images/s, s3 [\d.]+ images/s, s3 \+ 50 ms [\d.]+",
     "train_demo_model.py": r"zero-shot top-1 over 48 labels: seen [\d.]+%",
+    "bench_exchange.py": r"import clip-retrieval: [\d,]+ vectors/s(.|\n)*export parquet: [\d,]+ "
+    r"vectors/s(.|\n)*export clip-retrieval(.|\n)*FAISS files identical: True",
+    "bench_scale.py": r"write_batch, 32 rows a transaction: [\d,]+ rows/s(.|\n)*bulk import(.|\n)*"
+    r"faiss ivf-pq: .*bytes/vector(.|\n)*S3 prefix .*: [\d,]+ objects/s",
     "kill_loop.py": r"index: 2 trials, 2 ok, 0 failures(.|\n)*"
     r"classify: 2 trials(.|\n)*check --repair: 2 trials, 2 ok, 0 failures",
 }
