@@ -477,3 +477,16 @@ def test_a_killed_import_resumes_to_the_state_of_a_clean_one(runner, tmp_path):
         assert ids(a) == ids(b)  # the same ids too: a rolled-back chunk takes none
         assert a.counts() == b.counts() == {"ok": 6000, "failed": 0, "vectors": 6000}
     run_cli(runner, "check", "--index", str(index))
+
+
+def test_import_takes_the_index_type_options_of_clipdex_index(runner, tmp_path, built):
+    _, source = built
+    run_cli(runner, "export", str(tmp_path / "out"), "--index", str(source))
+    index = tmp_path / "index"
+    run_cli(
+        runner, "import", str(tmp_path / "out"), "--index-type", "ivf-sq8", "--index", str(index)
+    )
+    assert json.loads((index / "vectors.json").read_text())["type"] == "ivf-sq8"
+    with opened(index) as c:
+        assert c.index_settings() == ("ivf-sq8", None)
+    run_cli(runner, "check", "--index", str(index))

@@ -29,6 +29,10 @@ EXPECTED = {
     "screenshot.py": r"screenshot .*: \d+x\d+ px, \d+ KB; \d+\+? results? for",
     "bench_serve.py": r"text batched +1 (.|\n)*thumbnails \(cached\)(.|\n)*"
     r"text unbatched +128 (.|\n)*errors: 0",
+    "bench_exchange.py": r"import clip-retrieval: [\d,]+ vectors/s(.|\n)*export parquet: [\d,]+ "
+    r"vectors/s(.|\n)*export clip-retrieval(.|\n)*FAISS files identical: True",
+    "bench_scale.py": r"write_batch, 32 rows a transaction: [\d,]+ rows/s(.|\n)*bulk import(.|\n)*"
+    r"faiss ivf-pq: .*bytes/vector(.|\n)*S3 prefix .*: [\d,]+ objects/s",
     "kill_loop.py": r"index: 2 trials, 2 ok, 0 failures(.|\n)*"
     r"classify: 2 trials(.|\n)*check --repair: 2 trials, 2 ok, 0 failures",
 }

@@ -161,9 +161,15 @@ def _chunks(fmt: str, parts: list[Part], chunk: int) -> Iterator[Chunk]:
         yield from iter_part(fmt, part, chunk)
 
 
-def _norms(piece: Chunk) -> np.ndarray:
+def row_norms(vectors: np.ndarray) -> np.ndarray:
+    """Row norms in float32 (no float64 copy of the chunk): good to ~1e-6."""
     with np.errstate(all="ignore"):
-        norms = np.linalg.norm(piece.vectors.astype(np.float64), axis=1)
+        rows = np.asarray(vectors, np.float32)
+        return np.sqrt(np.einsum("ij,ij->i", rows, rows))
+
+
+def _norms(piece: Chunk) -> np.ndarray:
+    norms = row_norms(piece.vectors)
     broken = np.flatnonzero(~np.isfinite(norms) | (norms < 1e-6))
     if len(broken):
         raise ExchangeError(
@@ -244,9 +250,11 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     """float32 unit vectors; rows already of unit length (to float32 rounding) are kept
     bit for bit, so an export imported again gives back the same vectors."""
     out = vectors.astype(np.float32)  # a copy: the source may be memory-mapped
-    norms = np.linalg.norm(out.astype(np.float64), axis=1)
-    off = np.abs(norms - 1) > EXACT_TOLERANCE
-    out[off] /= norms[off, None].astype(np.float32)
+    near = np.flatnonzero(np.abs(row_norms(out) - 1) > EXACT_TOLERANCE / 2)
+    if len(near):  # decided in float64, on the few rows that may be off
+        norms = np.linalg.norm(out[near].astype(np.float64), axis=1)
+        off = np.abs(norms - 1) > EXACT_TOLERANCE
+        out[near[off]] /= norms[off, None].astype(np.float32)
     return out
 
 
