@@ -23,6 +23,7 @@ EXPECTED = {
     "bench_decode.py": r"exact [\d.]+ ms/image .* draft [\d.]+ ms/image .* speed-up [\d.]+x",
     "bench_search.py": r"flat .* 1\.000 (.|\n)*ivf .*nprobe=\d+(.|\n)*ivf-pq .*recall=[\d.]+",
     "bench_remote.py": r"folder [\d.]+ images/s, s3 [\d.]+ images/s, s3 \+ 50 ms [\d.]+",
+    "bench_exif.py": r"exif on [\d.]+ s, off [\d.]+ s (.|\n)*photo_meta \d+ us/image .* [\d.]+% of the run",
     "train_demo_model.py": r"zero-shot top-1 over 48 labels: seen [\d.]+%",
     "kill_loop.py": r"index: 2 trials, 2 ok, 0 failures(.|\n)*"
     r"classify: 2 trials(.|\n)*check --repair: 2 trials, 2 ok, 0 failures",
