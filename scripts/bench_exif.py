@@ -10,6 +10,9 @@ index folders with metadata reading on and off (media.exif.READ_EXIF), alternati
 `--repeats` times (a busy machine slows both alike), one process (`workers=0`), so the
 difference is CPU per image. Also times the extraction itself on opened images (what the
 decoder adds per image) and the fill-in of images indexed before (headers read again).
+Last, the cost of turning filters into candidate ids on a synthetic catalog of
+`--filter-rows` photos (scripts/_synthetic.py; dates over 10 years, 20 cameras, places
+around the world).
 """
 
 from __future__ import annotations
@@ -41,16 +44,64 @@ def write_photos(folder: Path, count: int, width: int, height: int) -> list[Path
     return paths
 
 
+def filter_costs(rows: int) -> list[tuple[str, int, float]]:
+    """(filter, matching ids, ms: median of 5) on a synthetic catalog of `rows` photos."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _synthetic import build_index, clustered
+    from clipdex.search.filters import Filters, candidate_ids
+    from clipdex.storage.catalog import Catalog
+    from clipdex.storage.photo_meta import PhotoMetaStore
+    from clipdex.types import PhotoMeta
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        build_index(Path(tmp), clustered(rows, 16))
+        catalog = Catalog(Path(tmp))
+        store = PhotoMetaStore(catalog)
+        start_2015 = 1420070400.0
+        for first in range(1, rows + 1, 10_000):
+            metas = []
+            for image_id in range(first, min(first + 10_000, rows + 1)):
+                taken = start_2015 + rng.uniform(0, 10 * 365.25 * 86400)
+                local = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(taken))
+                lat, lon = rng.uniform(-60, 70), rng.uniform(-180, 180)
+                camera = f"Maker{image_id % 5} Model {image_id % 20}"
+                metas.append((image_id, PhotoMeta(taken, local, camera, lat, lon, 1)))
+            store.save(metas)
+        cases = {
+            "after/before (1 year)": Filters(after="2020-01-01", before="2021-01-01"),
+            "camera substring": Filters(camera="model 7"),
+            "near 500km": Filters(near="48.8566,2.3522,500km"),
+            "all three": Filters(after="2018-01-01", camera="Maker2", near="0,0,3000km"),
+        }
+        out = []
+        for name, filters in cases.items():
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                found = candidate_ids(catalog, filters)
+                times.append((time.perf_counter() - started) * 1000)
+            out.append((name, len(found), statistics.median(times)))
+        catalog.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--size", default="2000x1500", help="WIDTHxHEIGHT of generated photos")
     parser.add_argument("--model", default="clipdex-demo-shapes")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side")
+    parser.add_argument("--filter-rows", type=int, default=100_000)
     parser.add_argument("--tiny", action="store_true", help="8 photos of 320x240, tiny model")
     args = parser.parse_args()
     if args.tiny:
         args.images, args.size, args.model, args.repeats = 8, "320x240", "clipdex-tiny", 1
+        args.filter_rows = 2000
     width, height = (int(v) for v in args.size.split("x"))
 
     import clipdex
@@ -123,6 +174,8 @@ def main() -> None:
         f"fill-in of {filled} images indexed before: {fill_s:.2f} s "
         f"({fill_s / max(filled, 1) * 1000:.2f} ms/image, nothing embedded)"
     )
+    for name, found, ms in filter_costs(args.filter_rows):
+        print(f"filter over {args.filter_rows:,} photos, {name}: {found:,} ids in {ms:.1f} ms")
 
 
 if __name__ == "__main__":
