@@ -156,6 +156,7 @@ def test_metadata_reading_never_raises():
     assert photo_meta(Odd()) == PhotoMeta(camera="Fuji")
 
 
+@pytest.mark.slow
 def test_a_broken_exif_block_never_fails_the_image(tmp_path):
     photos = tmp_path / "photos"
     for number, block in enumerate(MALFORMED.values()):
