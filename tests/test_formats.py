@@ -77,7 +77,9 @@ def test_heic_and_avif_index_and_search(runner, tmp_path, index_dir, fmt):
         assert float(index.catalog.vector_of(hit.id) @ expected) > 0.9999
 
 
-@pytest.mark.parametrize("fmt", ["HEIF", pytest.param("AVIF", marks=needs_avif)])
+@pytest.mark.parametrize(
+    "fmt", ["HEIF", pytest.param("AVIF", marks=[needs_avif, pytest.mark.slow])]
+)
 def test_truncated_heic_and_avif_are_recorded_failures(runner, tmp_path, fmt):
     photos = tmp_path / "photos"
     make_photo(photos / "good.jpg")

@@ -156,6 +156,7 @@ def test_metadata_reading_never_raises():
     assert photo_meta(Odd()) == PhotoMeta(camera="Fuji")
 
 
+@pytest.mark.slow
 def test_a_broken_exif_block_never_fails_the_image(tmp_path):
     photos = tmp_path / "photos"
     for number, block in enumerate(MALFORMED.values()):
@@ -248,3 +249,38 @@ def test_switched_off_reading_leaves_rows_for_the_next_run(tmp_path, monkeypatch
     monkeypatch.setattr(exif_module, "READ_EXIF", True)
     assert index.add(photos, workers=0).meta_filled == 3
     assert index.status().photos.dated == 3
+
+
+@pytest.mark.slow
+def test_a_schema_4_catalog_reads_without_photos_then_fills_them_in(tmp_path):
+    """A catalog made before photo_meta: read-only opens search without metadata and refuse
+    photo filters in one line; the next index run migrates it and reads every photo's."""
+    from clipdex.errors import QueryError
+    from clipdex.search.filters import Filters, candidate_ids, with_photo_meta
+    from clipdex.storage.catalog import Catalog
+    from clipdex.storage.photo_meta import PhotoMetaStore
+
+    photos = tmp_path / "photos"
+    _photos(photos, 4)
+    index_dir = tmp_path / "idx"
+    clipdex.open_index(index_dir).add(photos, model=clipdex.ModelSpec("clipdex-tiny"), workers=0)
+    db = sqlite3.connect(index_dir / "catalog.sqlite")
+    db.executescript(
+        "DROP TABLE photo_meta; UPDATE meta SET value = '4' WHERE key = 'schema_version';"
+    )
+    db.close()
+    catalog = Catalog(index_dir, read_only=True)
+    try:
+        store = PhotoMetaStore(catalog)
+        assert not store.available and store.summary().dated == 0 and store.of([1, 2]) == {}
+        with pytest.raises(QueryError, match="older clipdex"):
+            candidate_ids(catalog, Filters(camera="Pixel"))
+        assert with_photo_meta(catalog, []) == []
+    finally:
+        catalog.close()
+    with clipdex.open_index(index_dir) as index:
+        report = index.add(photos, workers=0)
+        assert report.meta_filled == 4 and report.embedded == 0
+        assert [h.camera for h in index.search("x", k=4, filters=Filters(camera="pixel 8"))] == [
+            "Google Pixel 8"
+        ] * 2

@@ -2,9 +2,12 @@
 position, orientation. Read from the image the decoder already opened (no second read);
 whatever is missing, malformed or unbelievable is left empty, never an error.
 
+The capture time is DateTimeOriginal with OffsetTimeOriginal, else DateTimeDigitized with
+OffsetTimeDigitized; IFD0's DateTime is not used (it is when the file was last changed).
+
 Sanity rules (what a lying camera gets): a capture time before 1970-01-01 or more than a
 day in the future is dropped (a reset clock says 1900 or 2100); an offset beyond
--12:00..+14:00 is dropped (the time is then read as UTC); a GPS position outside
++-14:00 is dropped (the time is then read as UTC); a GPS position outside
 -90..90 / -180..180, with a reference other than N/S/E/W, or exactly 0,0 (a receiver
 without a fix) is dropped; an orientation outside 1..8 is dropped.
 """

@@ -27,6 +27,8 @@ EARTH_RADIUS_M = 6_371_008.8
 #: Radius units `near` accepts, in metres.
 UNITS = {"km": 1000.0, "m": 1.0, "mi": 1609.344}
 SORTS = ("score", "date")
+#: The widest UTC offset a clock may have (+14:00, Kiribati), in seconds.
+MAX_OFFSET_S = 14 * 3600.0
 
 _RADIUS = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(km|mi|m)\s*$", re.IGNORECASE)
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -73,6 +75,12 @@ class Filters:
             parse_time(self.before) if self.before is not None else (None, None)
         )
         near = self.point()
+        # A bound on the photo's own clock is within 14 hours (the widest offset) of the
+        # same bound in UTC: that coarse bound lets SQLite use the taken_at index.
+        if after_local is not None:
+            after_at = _as_utc(after_local) - MAX_OFFSET_S
+        if before_local is not None:
+            before_at = _as_utc(before_local) + MAX_OFFSET_S
         return MetaQuery(
             after_at=after_at,
             before_at=before_at,
@@ -105,6 +113,10 @@ def parse_time(value: str | date) -> tuple[float | None, str | None]:
     if isinstance(value, date):
         return None, datetime(value.year, value.month, value.day).isoformat()
     raise QueryError(f"a date filter is a date, a datetime or text, not {type(value).__name__}")
+
+
+def _as_utc(local: str) -> float:
+    return datetime.fromisoformat(local).replace(tzinfo=timezone.utc).timestamp()
 
 
 def parse_near(value: str | Near | tuple) -> Near:
