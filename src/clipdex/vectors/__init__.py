@@ -108,10 +108,13 @@ def _builder(catalog: Catalog, kind: str | None = None) -> StoreType:
     return Targeted
 
 
-def open_store(folder: Path, catalog: Catalog) -> tuple[VectorStore, LoadReport]:
+def open_store(
+    folder: Path, catalog: Catalog, mmap: bool = False
+) -> tuple[VectorStore, LoadReport]:
     """The saved store in `folder`, in step with the catalog (caught up, or rebuilt, as
-    the kind the catalog records when the saved one is of another kind)."""
-    return open_saved(folder, catalog, KINDS, _builder(catalog))
+    the kind the catalog records when the saved one is of another kind); `mmap`: its
+    vectors memory-mapped where the kind can (readers)."""
+    return open_saved(folder, catalog, KINDS, _builder(catalog), mmap)
 
 
 def load_store(folder: Path, dim: int) -> tuple[VectorStore | None, str]:

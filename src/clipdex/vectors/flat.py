@@ -28,6 +28,8 @@ class FlatStore:
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._gpu_index = None
         self.dirty = False
+        #: The vectors are memory-mapped from the saved file (read_mapped).
+        self.mapped = False
 
     # -- contents --------------------------------------------------------------------------
 
@@ -43,6 +45,7 @@ class FlatStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        self._own()
         self.index.add_with_ids(as_matrix(vectors), as_ids(ids))
         self._changed()
 
@@ -52,6 +55,7 @@ class FlatStore:
         ids = as_ids(ids)
         if len(ids) == 0:
             return 0
+        self._own()
         removed = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
         self._changed()
         return removed
@@ -70,6 +74,7 @@ class FlatStore:
         if len(ids) == 0:
             return
         matrix = faiss.rev_swig_ptr(flat.get_xb(), len(ids) * self.dim).reshape(-1, self.dim)
+        matrix.flags.writeable = not self.mapped  # a write raises instead of crashing
         for start in range(0, len(ids), chunk):
             yield ids[start : start + chunk], matrix[start : start + chunk]
 
@@ -119,14 +124,35 @@ class FlatStore:
             faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))
 
     @classmethod
-    def read_file(cls, path: str, dim: int, seq: int) -> FlatStore:
-        """The flat index saved at `path`; WrongKind if it is another FAISS type or dimension."""
+    def read_file(cls, path: str, dim: int, seq: int, mmap: bool = False) -> FlatStore:
+        """The flat index saved at `path`; WrongKind if it is another FAISS type or dimension.
+
+        With `mmap`, its vectors stay in the file, memory-mapped (IO_FLAG_MMAP_IFC): opening
+        costs nothing and the pages are shared; the first change copies them (`_own`)."""
         import faiss
 
-        index = faiss.read_index(path)
+        index = faiss.read_index(path, faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         if not is_flat_ip(index, dim):
             raise WrongKind(f"not an IndexIDMap2(IndexFlatIP) of dimension {dim}")
-        return cls(dim, seq=seq, index=index)
+        store = cls(dim, seq=seq, index=index)
+        store.mapped = mmap
+        return store
+
+    @classmethod
+    def read_mapped(cls, path: str, dim: int, seq: int) -> FlatStore:
+        """`read_file` memory-mapped (for readers: vectors/persist.py load_saved)."""
+        return cls.read_file(path, dim, seq, mmap=True)
+
+    def _own(self) -> None:
+        """Copy memory-mapped vectors into memory before a change (FAISS cannot change
+        mapped storage: it would crash)."""
+        import faiss
+
+        if self.mapped:
+            owned = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            for ids, vectors in self.iter_vectors():
+                owned.add_with_ids(np.ascontiguousarray(vectors), ids)
+            self.index, self.mapped = owned, False
 
 
 def is_flat_ip(index, dim: int) -> bool:

@@ -46,14 +46,19 @@ class LoadReport:
 
 
 def open_saved(
-    folder: Path, catalog: Catalog, kinds: Mapping[str, StoreType], default: StoreType
+    folder: Path,
+    catalog: Catalog,
+    kinds: Mapping[str, StoreType],
+    default: StoreType,
+    mmap: bool = False,
 ) -> tuple[VectorStore, LoadReport]:
     """Load the saved store and bring it in step with the catalog; rebuild it as a
-    `default` store when it cannot be trusted or is ahead of the catalog."""
+    `default` store when it cannot be trusted or is ahead of the catalog. `mmap`: see
+    load_saved."""
     identity = catalog.model_identity()
     if identity is None:
         raise CatalogError(EMPTY_INDEX)
-    loaded, why = load_saved(folder, identity.dim, kinds)
+    loaded, why = load_saved(folder, identity.dim, kinds, mmap)
     seq = catalog.change_seq()  # after the load: a save meanwhile is not "newer"
     if loaded is None:
         return rebuild(catalog, default), LoadReport("rebuilt", why)
@@ -110,9 +115,10 @@ def catch_up(store: VectorStore, catalog: Catalog) -> None:
 
 
 def load_saved(
-    folder: Path, dim: int, kinds: Mapping[str, StoreType]
+    folder: Path, dim: int, kinds: Mapping[str, StoreType], mmap: bool = False
 ) -> tuple[VectorStore | None, str]:
-    """The saved store if it can be trusted, else None and why (the caller rebuilds)."""
+    """The saved store if it can be trusted, else None and why (the caller rebuilds).
+    With `mmap`, a kind that can (`read_mapped`) leaves its vectors in the file."""
     index_path, sidecar_path = folder / INDEX_FILE, folder / SIDECAR_FILE
     if not index_path.exists() or not sidecar_path.exists():
         return None, "no saved index"
@@ -123,7 +129,8 @@ def load_saved(
     if store_type is None or sidecar["dim"] != dim:
         return None, "saved index has another type or dimension"
     try:
-        store = store_type.read_file(str(index_path), dim, sidecar["seq"])
+        read = (getattr(store_type, "read_mapped", None) if mmap else None) or store_type.read_file
+        store = read(str(index_path), dim, sidecar["seq"])
     except WrongKind:
         return None, "saved index has another type or dimension"
     except (OSError, ValueError, RuntimeError, MemoryError) as exc:
@@ -154,7 +161,8 @@ def garbled(store: VectorStore) -> str | None:
     """Why the store's contents cannot be what was saved: ids twice, or (on an even sample
     of rows) vectors that are not finite unit vectors."""
     ids = store.ids()
-    duplicates = len(ids) - len(np.unique(ids))
+    ascending = len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1]))  # the usual order: O(n)
+    duplicates = 0 if ascending else len(ids) - len(np.unique(ids))
     if duplicates:
         return f"holds {duplicates} duplicate ids"
     if len(ids) == 0:
