@@ -71,7 +71,8 @@ class Blocks(nn.Module):
 
 class TextNet(nn.Module):
     """The text half of open_clip's `CLIP`: causal transformer, pooled at the end-of-text
-    token (the highest token id), projected; plus `logit_scale`."""
+    token (the highest token id), projected; plus `logit_scale`. Only for towers that
+    are causal and pool at that token (models/text_encoder.py checks the config)."""
 
     def __init__(
         self,
@@ -94,12 +95,22 @@ class TextNet(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones([]))
         self.register_buffer("attn_mask", causal_mask(context_length), persistent=False)
 
+    #: Run only up to the batch's last end-of-text token (see forward).
+    shorter = True
+
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        x = self.token_embedding(text)
-        x = x + self.positional_embedding
-        x = self.transformer(x, self.attn_mask)
+        """Token ids (N, context) -> (N, embed_dim) features.
+
+        The attention is causal and the pooled token is the end-of-text one (the highest
+        id), so tokens after it cannot change the result: with `shorter`, the pass stops
+        at the batch's last end-of-text position (a 5-word query: 7 of 77 positions)."""
+        eot = text.argmax(dim=-1)
+        length = int(eot.max()) + 1 if self.shorter else text.shape[1]
+        x = self.token_embedding(text[:, :length])
+        x = x + self.positional_embedding[:length]
+        x = self.transformer(x, self.attn_mask[:length, :length])
         x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
         return x @ self.text_projection
 
 
