@@ -21,6 +21,8 @@ EXPECTED = {
     "bench_classify.py": r"n=2,000 .* bare matmul [\d,]+ images/s, assignment [\d,]+ images/s",
     "bench_reindex.py": r"no-op re-index: [\d.]+ s wall(.|\n)* 0 embedded, 100 reused",
     "bench_decode.py": r"exact [\d.]+ ms/image .* draft [\d.]+ ms/image .* speed-up [\d.]+x",
+    "bench_coldstart.py": r"after  cold search +[\d.]+ s wall(.|\n)*repeated query \(cached\) +[\d.]+ s "
+    r"wall(.|\n)*text tower, shorter pass +[\d.]+ ms/query",
     "bench_search.py": r"flat .* 1\.000 (.|\n)*ivf .*nprobe=\d+(.|\n)*ivf-pq .*recall=[\d.]+",
     "bench_remote.py": r"folder [\d.]+ images/s, s3 [\d.]+ images/s, s3 \+ 50 ms [\d.]+",
     "bench_ray.py": r"in-process [\d.]+ images/s run, [\d.]+ steady; ray [\d.]+ images/s run, "

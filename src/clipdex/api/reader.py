@@ -52,7 +52,7 @@ class Reader:
                     self._vectors = None
             if self._vectors is None:
                 model = catalog.model_identity()
-                self._vectors, self.load_report = open_store(self.folder, catalog)
+                self._vectors, self.load_report = open_store(self.folder, catalog, mmap=True)
                 self._vectors_model = model
                 changed = True
             return changed

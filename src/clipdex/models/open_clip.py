@@ -143,17 +143,23 @@ def _create_model(name: str, pretrained: str | None, device: str, precision: str
     checkpoint = pretrained if pretrained and Path(pretrained).is_absolute() else None
     if checkpoint:
         _sniff_checkpoint(checkpoint)
+    from clipdex.models.text_net import BUILD_LOCK, skip_init
+
     precision_arg = "fp16" if precision == "fp16" else "fp32"
+    # Weights loaded after building (a tag or a file; strictly, or open_clip raises):
+    # random initialisation first would be wasted (about 1 s of CPU for ViT-B-32).
+    loading = pretrained is not None
     try:
-        with torch.random.fork_rng(devices=[]):
+        with BUILD_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
-            with _quiet_open_clip():
+            with _quiet_open_clip(), skip_init() if loading else contextlib.nullcontext():
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     name,
                     pretrained=pretrained,
                     device=device,
                     precision=precision_arg,
                     weights_only=True,
+                    require_pretrained=loading,
                 )
     except FileNotFoundError as exc:
         raise ModelLoadError(f"cannot load model {name}: {exc}") from exc

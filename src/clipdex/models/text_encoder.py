@@ -1,9 +1,9 @@
 """The text tower alone, loaded fast: what a text query needs and nothing else.
 
 For a checkpoint file whose architecture has open_clip's plain text tower (checked on its
-config), `load_text_encoder` builds the tower on the meta device (no random
-initialisation), memory-maps the checkpoint (`torch.load(mmap=True)`) and assigns its text
-weights only; the image tower is never built and open_clip is never imported (its import
+config), `load_text_encoder` builds the tower without initialising it (text_net.py
+`skip_init`: cheaper than the meta device, measured there), memory-maps the checkpoint
+(`torch.load(mmap=True)`) and assigns its text weights only; the image tower is never built and open_clip is never imported (its import
 pulls in torchvision and torch._dynamo). The checkpoint's SHA-256, its identity, is
 computed on a thread while torch imports. Anything else (a tag, random weights, another
 text tower, a file torch cannot memory-map) returns None: the caller loads the whole
@@ -161,18 +161,16 @@ def _build(name: str, path: Path, kwargs: dict, device: str, precision: str):
     state = text_state(path)
     if state is None:
         return None
-    import torch
 
-    from clipdex.models.text_net import TextNet, causal_mask
+    from clipdex.models.text_net import TextNet, skip_init
 
-    with torch.device("meta"):
+    with skip_init():
         net = TextNet(**kwargs)
     expected = {key: value.shape for key, value in net.state_dict().items()}
     if {key: value.shape for key, value in state.items()} != expected:
         return None  # another text tower than the config says: the whole model decides
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     net.load_state_dict(state, strict=True, assign=True)
-    net.attn_mask = causal_mask(kwargs["context_length"])
     net = net.to(device).eval()
     tokenizer = simple_tokenizer(kwargs["context_length"])
     dim = int(net.text_projection.shape[1])
@@ -243,4 +241,6 @@ def simple_tokenizer(context_length: int):
         loader_spec = importlib.util.spec_from_file_location("clipdex_open_clip_tokenizer", file)
         module = importlib.util.module_from_spec(loader_spec)
         loader_spec.loader.exec_module(module)
-    return module.SimpleTokenizer(context_length=context_length)
+    # the module made one SimpleTokenizer already (reading its vocabulary is most of the
+    # cost); its calls take the context length
+    return functools.partial(module._tokenizer, context_length=context_length)

@@ -10,7 +10,10 @@ as plain get here; tests/test_cold_start.py pins the vectors against open_clip's
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -69,7 +72,8 @@ class Blocks(nn.Module):
 
 class TextNet(nn.Module):
     """The text half of open_clip's `CLIP`: causal transformer, pooled at the end-of-text
-    token (the highest token id), projected; plus `logit_scale`."""
+    token (the highest token id), projected; plus `logit_scale`. Only for towers that
+    are causal and pool at that token (models/text_encoder.py checks the config)."""
 
     def __init__(
         self,
@@ -92,13 +96,65 @@ class TextNet(nn.Module):
         self.logit_scale = nn.Parameter(torch.ones([]))
         self.register_buffer("attn_mask", causal_mask(context_length), persistent=False)
 
+    #: Run only up to the batch's last end-of-text token (see forward).
+    shorter = True
+
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        x = self.token_embedding(text)
-        x = x + self.positional_embedding
-        x = self.transformer(x, self.attn_mask)
+        """Token ids (N, context) -> (N, embed_dim) features.
+
+        The attention is causal and the pooled token is the end-of-text one (the highest
+        id), so tokens after it cannot change the result: with `shorter`, the pass stops
+        at the batch's last end-of-text position (a 5-word query: 7 of 77 positions)."""
+        eot = text.argmax(dim=-1)
+        length = int(eot.max()) + 1 if self.shorter else text.shape[1]
+        x = self.token_embedding(text[:, :length])
+        x = x + self.positional_embedding[:length]
+        x = self.transformer(x, self.attn_mask[:length, :length])
         x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
         return x @ self.text_projection
+
+
+#: torch.nn.init functions modules call when built (open_clip's too): skipped by skip_init.
+INIT_FUNCTIONS = (
+    "normal_",
+    "uniform_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "trunc_normal_",
+    "xavier_normal_",
+    "xavier_uniform_",
+    "constant_",
+    "ones_",
+    "zeros_",
+)
+
+
+#: Held while modules are built: skip_init patches torch.nn.init for the whole process,
+#: so a model built with random weights meanwhile (models/open_clip.py) must wait.
+BUILD_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def skip_init() -> Iterator[None]:
+    """Build modules without initialising their weights (uninitialised memory, never
+    touched), for weights that are assigned right after. Measured on ViT-B-32's text
+    tower: 0.05 s of CPU, against 0.31 s with random initialisation and 1.44 s on the meta
+    device (its first use imports torch's Python decompositions). Hold
+    it only around construction (it holds BUILD_LOCK)."""
+    with BUILD_LOCK:
+        saved = {name: getattr(torch.nn.init, name) for name in INIT_FUNCTIONS}
+        for name in INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, _unchanged)
+        try:
+            yield
+        finally:
+            for name, function in saved.items():
+                setattr(torch.nn.init, name, function)
+
+
+def _unchanged(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return tensor
 
 
 def causal_mask(length: int, device: str | torch.device | None = None) -> torch.Tensor:
