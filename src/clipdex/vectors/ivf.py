@@ -151,6 +151,7 @@ class IVFStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        self.detach()  # a memory-mapped index cannot change in place
         self.index.add_with_ids(as_matrix(vectors), as_ids(ids))
         self._changed()
 
@@ -160,6 +161,7 @@ class IVFStore:
         ids = as_ids(ids)
         if len(ids) == 0:
             return 0
+        self.detach()
         # a hash-table direct map removes only through an IDSelectorArray
         selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
         removed = int(self.index.remove_ids(selector))
