@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from clipdex.models.spec import ModelSpec
 from clipdex.storage import atomic
 from clipdex.vectors import INDEX_FILE, SIDECAR_FILE, new_store
 from clipdex.vectors import ivf as ivf_module
-from conftest import make_images
+from conftest import TINY, make_images, run_cli
 from test_ivf import clustered
 
 
@@ -106,3 +107,28 @@ def test_a_grown_index_is_retrained_and_a_failed_swap_keeps_the_old(
         assert index.check().ok
         status = index.status()
         assert status.index_retrained.startswith("grew from 30")
+
+
+@pytest.mark.slow
+def test_a_run_tunes_on_cached_text_queries_too_and_status_shows_both(
+    runner, tmp_path, index_dir, small_ivf
+):
+    make_images(tmp_path / "p" / "a", 60)
+    run_cli(runner, "index", str(tmp_path / "p"), *TINY, "--index-type", "ivf", "--workers", "0")
+    assert "text_recall" not in sidecar(index_dir)["parameters"]
+    rng = np.random.default_rng(0)
+    texts = rng.normal(size=(30, 64)).astype(np.float32)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    with sqlite3.connect(index_dir / "catalog.sqlite") as conn:  # as past queries left them
+        conn.executemany(
+            "INSERT INTO query_vectors (key, text, vector, used_at) VALUES (?, ?, ?, ?)",
+            [(f"k{i}", f"query {i}", v.astype("<f4").tobytes(), i) for i, v in enumerate(texts)],
+        )
+    conn.close()
+    make_images(tmp_path / "p" / "b", 5, seed=2)
+    run_cli(runner, "index", str(tmp_path / "p"), "--workers", "0")
+    params = sidecar(index_dir)["parameters"]
+    assert params["text_queries"] == 30 and 0 < params["text_recall"] <= 1
+    assert params["recall"] is not None
+    line = next(x for x in run_cli(runner, "status").stdout.splitlines() if "nprobe" in x)
+    assert f"recall@10 {params['recall']:.3f}; on 30 text queries" in line
