@@ -89,7 +89,8 @@ def test_auto_is_the_default_and_follows_the_collection(runner, tmp_path, index_
     data = json.loads(run_cli(runner, "status", "--format", "json").stdout)
     assert data["index_type"] == "ivf" and data["index_asked"] == "auto"
     assert data["index_vectors"] == 120 and data["index_parameters"]["nlist"] >= 4
-    assert "ok" in run_cli(runner, "check").stdout.lower()
+    check = run_cli(runner, "check").stdout
+    assert check.startswith("ok: 120 images") and "sampled recall@10 " in check
     # a budget too small for any type: one line naming the smallest that fits, nothing changed
     bad = run_cli(runner, "index", str(photos), "--memory-budget", "2KB", expect=1)
     assert "too small for 120 vectors" in bad.output and "smallest index type" in bad.output
