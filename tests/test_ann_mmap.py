@@ -33,6 +33,11 @@ def test_a_mapped_store_searches_as_a_loaded_one(kind, tmp_path):
     mapped, why = load_store(tmp_path, dim, mmap=True)
     assert why == "" and mapped.mapped and not loaded.mapped and mapped.kind == kind
     assert kind == "flat" or mapped.trained
+    # a file of another dimension is not trusted, mapped or not
+    assert load_store(tmp_path, 32, mmap=True) == (
+        None,
+        "saved index has another type or dimension",
+    )
     # the file is mapped, not copied (its pages are read when a search touches them;
     # scripts/bench_search.py measures open time and resident memory at 1M)
     path = str((tmp_path / INDEX_FILE).resolve())
@@ -46,8 +51,11 @@ def test_a_mapped_store_searches_as_a_loaded_one(kind, tmp_path):
     assert (
         mapped.search(queries, 5, among)[1].tolist() == loaded.search(queries, 5, among)[1].tolist()
     )
-    got = np.concatenate([v for _, v in mapped.iter_vectors(chunk=4096)])
-    assert got.shape == (n, dim)
+    chunks = [v for _, v in mapped.iter_vectors(chunk=1000)]
+    assert np.concatenate(chunks).shape == (n, dim)
+    if kind == "flat":  # views of the mapped file: read-only, a write raises
+        with pytest.raises(ValueError, match="read-only"):
+            chunks[0][0, 0] = 1.0
     # a change copies it into memory first; the file is left as it was
     on_disk = (tmp_path / INDEX_FILE).read_bytes()
     assert mapped.remove(ids[:3]) == 3 and not mapped.mapped

@@ -76,6 +76,7 @@ class FlatStore:
         if len(ids) == 0:
             return
         matrix = faiss.rev_swig_ptr(flat.get_xb(), len(ids) * self.dim).reshape(-1, self.dim)
+        matrix.flags.writeable = not self.mapped  # a write raises instead of crashing
         for start in range(0, len(ids), chunk):
             yield ids[start : start + chunk], matrix[start : start + chunk]
 
