@@ -108,6 +108,7 @@ def test_auto_is_the_default_and_follows_the_collection(runner, tmp_path, index_
     assert len(clipdex.open_index(index_dir).search("a red square", k=5)) == 5
 
 
+@pytest.mark.slow
 def test_an_index_built_before_keeps_its_kind_unless_asked(runner, tmp_path, index_dir, small_auto):
     photos = tmp_path / "photos"
     make_images(photos, 40)
@@ -115,7 +116,7 @@ def test_an_index_built_before_keeps_its_kind_unless_asked(runner, tmp_path, ind
     with sqlite3.connect(index_dir / "catalog.sqlite") as conn:  # as built before "auto"
         conn.execute("DELETE FROM meta WHERE key = 'index_type'")
     conn.close()
-    make_images(photos, 150, seed=7, prefix="more")  # 190: past the (patched) crossover
+    make_images(photos, 70, seed=7, prefix="more")  # 110: past the (patched) crossover
     run_cli(runner, "index", str(photos), "--workers", "0")
     assert sidecar(index_dir)["type"] == "flat" and "choice" not in sidecar(index_dir)
     run_cli(runner, "index", str(photos), "--index-type", "auto", "--workers", "0")
