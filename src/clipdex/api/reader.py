@@ -52,6 +52,8 @@ class Reader:
                     self._vectors = None
             if self._vectors is None:
                 model = catalog.model_identity()
+                # memory-mapped when current: opening reads almost nothing (a catch-up
+                # later copies it into memory first)
                 self._vectors, self.load_report = open_store(self.folder, catalog, mmap=True)
                 self._vectors_model = model
                 changed = True

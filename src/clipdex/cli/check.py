@@ -37,6 +37,10 @@ def check_command(index_dir, repair, wait) -> None:
         click.echo(f"note: {escape_control(note)}")
     if report.ok:
         faiss = "FAISS not compared" if report.notes else "FAISS in agreement"
+        if report.sampled_recall is not None:
+            faiss += (
+                f", sampled recall@10 {report.sampled_recall:.3f} (target {report.target_recall})"
+            )
         click.echo(f"ok: {report.images} images, {report.vectors} vectors, {faiss}")
         return
     if report.repairable and not repair:

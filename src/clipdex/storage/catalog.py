@@ -36,6 +36,7 @@ from clipdex.storage.schema import (
     Image,
     ImageSource,
     Meta,
+    QueryVector,
     Source,
     Tombstone,
     Vector,
@@ -394,6 +395,19 @@ class Catalog:
         if blob is None:
             return None
         return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+    def query_vectors(self, dim: int, limit: int = 1000) -> np.ndarray:
+        """The most recently used cached text-query vectors of `dim` (schema 5's
+        query_vectors), as an N x dim float32 matrix; empty before schema 5. An ANN store
+        tunes on them too: text queries are not image vectors."""
+        if self.schema_version < 5:
+            return np.zeros((0, dim), np.float32)
+        query = select(QueryVector.vector).order_by(QueryVector.used_at.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            blobs = [blob for (blob,) in conn.execute(query) if len(blob) == 4 * dim]
+        if not blobs:
+            return np.zeros((0, dim), np.float32)
+        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, dim).astype(np.float32)
 
     def iter_vectors(
         self, chunk: int = 65536, since_seq: int | None = None

@@ -165,7 +165,7 @@ def load_store(folder: Path, dim: int, mmap: bool = False) -> tuple[VectorStore 
 
 def rebuild_store(catalog: Catalog, kind: str | None = None) -> VectorStore:
     """A new store of `kind` (default: the catalog's chosen kind) holding every stored vector."""
-    return _with_choice(rebuild(catalog, _builder(catalog, kind)), catalog)
+    return _tuned_on_text(_with_choice(rebuild(catalog, _builder(catalog, kind)), catalog), catalog)
 
 
 def maintain(store: VectorStore, catalog: Catalog) -> VectorStore:
@@ -178,7 +178,8 @@ def maintain(store: VectorStore, catalog: Catalog) -> VectorStore:
     if kind == AUTO:
         choice = choose_within(store.ntotal, store.dim, catalog.memory_budget(), store.kind)
         if choice.kind != store.kind:
-            return _with_choice(rebuild(catalog, _builder(catalog, choice.kind)), catalog, choice)
+            fresh = rebuild(catalog, _builder(catalog, choice.kind))
+            return _tuned_on_text(_with_choice(fresh, catalog, choice), catalog)
         store.choice = choice.as_dict()
     retrain = getattr(store, "retrain_reason", None)
     why = retrain() if retrain is not None else None
@@ -186,7 +187,27 @@ def maintain(store: VectorStore, catalog: Catalog) -> VectorStore:
         fresh = rebuild(catalog, _builder(catalog, store.kind))
         fresh.retrained = why
         fresh.choice = getattr(store, "choice", None)
-        return fresh
+        return _tuned_on_text(fresh, catalog)
+    if hasattr(store, "prepare"):
+        store.prepare()  # train now rather than in save_store: then tune on text too
+    texts = getattr(store, "text_queries", None)
+    if texts is not None and store.dirty:
+        count = len(catalog.query_vectors(store.dim, TEXT_TUNING_QUERIES))
+        if count and (texts == 0 or count >= 2 * texts):  # new, or twice as many now
+            _tuned_on_text(store, catalog)
+    return store
+
+
+#: Text-query vectors (cached past queries) an ANN store also tunes on.
+TEXT_TUNING_QUERIES = 200
+
+
+def _tuned_on_text(store: VectorStore, catalog: Catalog) -> VectorStore:
+    """Tune a trained ANN store on the catalog's text-query vectors too, when it has any."""
+    if getattr(store, "trained", False) and hasattr(store, "tune_text"):
+        queries = catalog.query_vectors(store.dim, TEXT_TUNING_QUERIES)
+        if len(queries):
+            store.tune_text(queries)
     return store
 
 

@@ -43,6 +43,10 @@ class CheckReport:
     advice: list[str] = field(default_factory=list)
     #: Some problem is fixed by a repair.
     repairable: bool = False
+    #: An approximate (ANN) store's recall@10 against exact search over the stored
+    #: vectors, measured on a sample of them as queries, and its target; None for flat.
+    sampled_recall: float | None = None
+    target_recall: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -152,6 +156,9 @@ def _check_faiss(
             behind = "is behind the catalog" if loaded.seq < seq else None
         else:
             problem = _compare(loaded, snapshot)
+            if problem is None and getattr(loaded, "trained", False):
+                report.sampled_recall = _sampled_recall(loaded, snapshot)
+                report.target_recall = getattr(loaded, "target_recall", None)
     if problem is None:
         return
     if behind and not repair and is_locked(folder):
@@ -207,3 +214,38 @@ def _compare(store: VectorStore, catalog: Snapshot) -> str | None:
     if mismatched:
         parts.append(f"{mismatched} vectors differ from the stored ones")
     return f"{INDEX_FILE}: " + "; ".join(parts) if parts else None
+
+
+#: Stored vectors used as queries by the sampled recall check of an ANN store.
+RECALL_SAMPLE = 100
+
+
+def _sampled_recall(store: VectorStore, catalog: Snapshot) -> float:
+    """Recall@10 of the store's own search (its tuned nprobe) against an exact scan of
+    the stored vectors, with an even sample of stored vectors as queries (each one's own
+    id left out)."""
+    ids = np.sort(store.ids())
+    picked = ids[np.unique(np.linspace(0, len(ids) - 1, RECALL_SAMPLE).astype(int))]
+    queries = None
+    best_s = best_i = None
+    for chunk_ids, vectors in catalog.iter_vectors():
+        if queries is None:
+            queries = np.zeros((len(picked), vectors.shape[1]), np.float32)
+        hit = np.isin(chunk_ids, picked)
+        queries[np.searchsorted(picked, chunk_ids[hit])] = vectors[hit]
+    if queries is None:
+        return 1.0
+    for chunk_ids, vectors in catalog.iter_vectors():
+        s = queries @ vectors.T
+        s[chunk_ids[None, :] == picked[:, None]] = -np.inf
+        i = np.broadcast_to(chunk_ids, s.shape)
+        if best_s is not None:
+            s, i = np.hstack([best_s, s]), np.hstack([best_i, i])
+        top = np.argsort(-s, axis=1, kind="stable")[:, :10]
+        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
+    _, found = store.search(queries, 11)
+    hits = total = 0
+    for want, got, own in zip(best_i, found, picked, strict=True):
+        got = [i for i in got.tolist() if i != own and i >= 0][:10]
+        hits, total = hits + len(set(got) & set(want.tolist())), total + len(want)
+    return hits / total if total else 1.0

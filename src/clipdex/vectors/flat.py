@@ -47,6 +47,7 @@ class FlatStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        self.detach()  # a memory-mapped index cannot change in place
         self.index.add_with_ids(as_matrix(vectors), as_ids(ids))
         self._changed()
 
@@ -56,6 +57,7 @@ class FlatStore:
         ids = as_ids(ids)
         if len(ids) == 0:
             return 0
+        self.detach()
         removed = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
         self._changed()
         return removed

@@ -151,6 +151,7 @@ class IVFStore:
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
+        self.detach()  # a memory-mapped index cannot change in place
         self.index.add_with_ids(as_matrix(vectors), as_ids(ids))
         self._changed()
 
@@ -160,6 +161,7 @@ class IVFStore:
         ids = as_ids(ids)
         if len(ids) == 0:
             return 0
+        self.detach()
         # a hash-table direct map removes only through an IDSelectorArray
         selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
         removed = int(self.index.remove_ids(selector))
@@ -318,6 +320,33 @@ class IVFStore:
                 best = (nprobe, recall)
         self.nprobe, self.recall = best
         self.index.nprobe = self.nprobe  # the default saved in the file; searches pass their own
+        self.dirty = True
+
+    def tune_text(self, queries: np.ndarray) -> None:
+        """Tune on text vectors too (labels, past queries: not image vectors, the modality
+        gap): nprobe becomes the smallest at or above the image-tuned one whose recall@10 on
+        `queries` (against a full probe of every list) reaches the target; that recall is
+        kept as `text_recall`."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not self.trained or len(queries) == 0:
+            return
+        queries = queries[:TUNING_QUERIES]
+        nlist = int(self.index.nlist)
+        _, truth = self.search(queries, 10, nprobe=nlist)
+        own = np.full(len(queries), -2, np.int64)  # no query is a stored vector
+        candidates = sorted({min(nlist, p) for p in _probe_ladder(nlist) if p >= self.nprobe})
+        best = (candidates[-1], 0.0)
+        for nprobe in candidates:
+            _, found = self.search(queries, 10, nprobe=nprobe)
+            recall = _recall(found, own, truth)
+            if recall >= self.target_recall:
+                best = (nprobe, recall)
+                break
+            if recall > best[1]:
+                best = (nprobe, recall)
+        self.nprobe, self.text_recall = best
+        self.text_queries = len(queries)
+        self.index.nprobe = self.nprobe
         self.dirty = True
 
     # -- search ----------------------------------------------------------------------------
