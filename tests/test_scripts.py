@@ -24,6 +24,8 @@ EXPECTED = {
     "bench_search.py": r"flat .* 1\.000 (.|\n)*ivf .*nprobe=\d+(.|\n)*ivf-pq .*recall=[\d.]+",
     "bench_remote.py": r"folder [\d.]+ images/s, s3 [\d.]+ images/s, s3 \+ 50 ms [\d.]+",
     "train_demo_model.py": r"zero-shot top-1 over 48 labels: seen [\d.]+%",
+    "bench_duplicates.py": r"threshold precision +recall(.|\n)* 0\.950 +[\d.]+ +[\d.]+(.|\n)*"
+    r"n=5,000: duplicates [\d.]+ s, peak RSS \d+ MB; [\d,]+ groups, planted pairs recall [\d.]+",
     "kill_loop.py": r"index: 2 trials, 2 ok, 0 failures(.|\n)*"
     r"classify: 2 trials(.|\n)*check --repair: 2 trials, 2 ok, 0 failures",
 }
