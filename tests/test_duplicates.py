@@ -224,3 +224,20 @@ def test_bad_options(tmp_path, runner):
 
     with open_index(tmp_path / "i") as index, pytest.raises(QueryError, match="at most 1"):
         index.duplicates(1.2)
+
+
+def test_most_pixels_then_the_earliest_capture_time_then_mtime(tmp_path):
+    import sqlite3
+
+    ids = _vector_index(tmp_path / "i", np.tile([1.0, 0, 0, 0], (4, 1)))
+    # the last one is larger; the third was taken (EXIF) before the others' mtimes
+    with sqlite3.connect(tmp_path / "i" / "catalog.sqlite") as conn:
+        conn.execute("UPDATE images SET width = 20 WHERE id = ?", (ids[3],))
+        conn.execute(
+            "INSERT INTO photo_meta (image_id, taken_at) VALUES (?, ?)", (ids[2], T0 - 3600.0)
+        )
+    with open_index(tmp_path / "i") as index:
+        (group,) = index.duplicates(0.99)
+    assert [c.id for c in group.copies] == [ids[3], ids[2], ids[0], ids[1]]
+    rows = list(group.rows())
+    assert rows[1]["taken_at"] == "2020-09-13T11:26:40+00:00" and rows[0]["taken_at"] is None

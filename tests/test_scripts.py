@@ -36,6 +36,8 @@ EXPECTED = {
     r"vectors/s(.|\n)*export clip-retrieval(.|\n)*FAISS files identical: True",
     "bench_scale.py": r"write_batch, 32 rows a transaction: [\d,]+ rows/s(.|\n)*bulk import(.|\n)*"
     r"faiss ivf-pq: .*bytes/vector(.|\n)*S3 prefix .*: [\d,]+ objects/s",
+    "bench_duplicates.py": r"threshold precision +recall(.|\n)* 0\.950 +[\d.]+ +[\d.]+(.|\n)*"
+    r"n=5,000: duplicates [\d.]+ s, peak RSS \d+ MB; [\d,]+ groups, planted pairs recall [\d.]+",
     "kill_loop.py": r"index: 2 trials, 2 ok, 0 failures(.|\n)*"
     r"classify: 2 trials(.|\n)*check --repair: 2 trials, 2 ok, 0 failures",
 }
