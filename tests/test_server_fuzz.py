@@ -7,17 +7,15 @@ from dataclasses import replace
 
 import pytest
 
-schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402
-
-from clipdex.server import create_app  # noqa: E402
-from serve_helpers import FP32, build_index  # noqa: E402
+from clipdex.server import create_app
+from serve_helpers import FP32, build_index
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def api_schema(tmp_path_factory):
+    schemathesis = pytest.importorskip("schemathesis")  # imported here: it is slow to import
     from fastapi.testclient import TestClient
 
     from serve_helpers import wait_ready
@@ -30,7 +28,7 @@ def api_schema(tmp_path_factory):
 
 
 def test_no_request_from_the_schema_gets_a_5xx(api_schema):
-    from hypothesis import given
+    from hypothesis import HealthCheck, given, settings
 
     answered: dict[str, set[int]] = {}
     for found in api_schema.get_all_operations():

@@ -307,3 +307,31 @@ def test_the_server_never_writes_the_index(tmp_path):
         client.get("/api/v1/search", params={"like": 1})
     after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if "sqlite" not in p.name}
     assert after == before and not (folder / "thumbs").exists()
+
+
+@pytest.mark.slow
+def test_no_cors_unless_an_origin_is_allowed(tmp_path):
+    folder = synthetic_index(tmp_path)
+    preflight = {
+        "Origin": "http://other.example",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    with TestClient(create_app(folder)) as client:
+        answer = client.get("/api/v1/status", headers={"Origin": "http://other.example"})
+        assert "access-control-allow-origin" not in answer.headers
+        assert (
+            "access-control-allow-origin"
+            not in client.options("/api/v1/status", headers=preflight).headers
+        )
+    options = ServerOptions(token=TOKEN, cors_origin="http://other.example")
+    with TestClient(create_app(folder, options=options)) as client:
+        answer = client.options("/api/v1/status", headers=preflight)
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "http://other.example"
+        refused(client.get("/api/v1/status", headers={"Origin": "http://other.example"}), 401)
+        evil = client.get(
+            "/api/v1/status",
+            headers={"Origin": "http://evil.example", "Authorization": f"Bearer {TOKEN}"},
+        )
+        assert evil.status_code == 200 and "access-control-allow-origin" not in evil.headers

@@ -26,7 +26,7 @@ from clipdex.cli.options import handle_errors
 )
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=click.IntRange(1, 65535),
     default=8765,
     show_default=True,
     help="Port to serve on, with --serve.",

@@ -35,10 +35,18 @@ def check_bind(host: str, token: str | None, no_auth: bool) -> None:
 
 def serve(index_dir: Path, host: str, port: int, options: ServerOptions) -> None:
     """Run uvicorn on the app until Ctrl-C; prints the address first."""
+    import socket
+
     import uvicorn
 
     from clipdex.server.app import create_app
 
+    try:  # say so now, not after printing an address that nothing serves
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind((host, port))
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {exc.strerror}") from None
     app = create_app(index_dir, options=options)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"clipdex: serving {index_dir} at http://{shown}:{port}  (Ctrl-C stops)")
@@ -57,10 +65,10 @@ def serve(index_dir: Path, host: str, port: int, options: ServerOptions) -> None
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to bind.")
 @click.option(
     "--port",
-    type=click.IntRange(0, 65535),
+    type=click.IntRange(1, 65535),
     default=DEFAULT_PORT,
     show_default=True,
-    help="Port to serve on (0: any free port).",
+    help="Port to serve on.",
 )
 @click.option(
     "--token-file",

@@ -51,7 +51,9 @@ class Guards:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if self.token is not None and path.startswith("/api/") and not self._authorised(scope):
+        # A CORS preflight (OPTIONS) carries no token and reads nothing: let it through.
+        needs_token = path.startswith("/api/") and scope.get("method") != "OPTIONS"
+        if self.token is not None and needs_token and not self._authorised(scope):
             await send_json(
                 send,
                 401,

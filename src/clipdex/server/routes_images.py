@@ -4,6 +4,7 @@ only: no path from a request ever reaches the file system."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 import numpy as np
@@ -155,8 +156,6 @@ def status(request: Request) -> StatusOut:
     """The index's counts, model and sources, and whether the server is ready."""
     state = request.app.state.clipdex
     found = state.index.status(failures=0)
-    import time
-
     return StatusOut(
         folder=str(found.folder),
         ready=state.model is not None,
