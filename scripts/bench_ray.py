@@ -6,11 +6,12 @@
 
 Writes generated 640x480 JPEGs, starts a local Ray (all CPUs), then indexes the images
 into a fresh index in-process and again through Ray (`--repeat` alternating trials, the
-best of each kept: the machine may be shared), and compares the vectors. Per path:
-"run" is images/s over the whole run (the driver's model load included; for Ray also the
-actors' start-up and model loads), "steady" the rate between the first and the
-last committed batch. Last, the one writer's ceiling: catalog rows/s committed with vectors
-of the model's dimension (write_batch alone, no model), which bounds any cluster's rate.
+best of each kept: the machine may be shared), and compares the vectors. images/s is over
+the whole run: the driver's model load included, and for Ray the actors' start-up and
+model loads (Ray's fixed cost; its batches come back in bursts, so a rate between the
+first and the last committed batch would mean nothing). Last, the one writer's ceiling:
+catalog rows/s committed with vectors of the model's dimension (write_batch alone, no
+model), which bounds the rate of any cluster feeding one catalog.
 """
 
 from __future__ import annotations
@@ -29,19 +30,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_index import write_photos
 
 
-def timed_add(index, photos: Path, spec, batch_size: int, ray=None) -> tuple[float, float, int]:
-    """(run seconds, steady seconds, batches) of one index run."""
-    marks: list[float] = []
-
-    def progress(phase: str, done: int, total) -> None:
-        if phase == "embed" and done:
-            marks.append(time.perf_counter())
-
+def timed_add(index, photos: Path, spec, batch_size: int, ray=None) -> float:
+    """Seconds of one index run (the driver's model load included)."""
     started = time.perf_counter()
-    report = index.add(photos, model=spec, batch_size=batch_size, ray=ray, on_progress=progress)
+    report = index.add(photos, model=spec, batch_size=batch_size, ray=ray)
     assert report.failed == 0 and report.embedded > 0, report
-    steady = marks[-1] - marks[0] if len(marks) > 1 else float("nan")
-    return time.perf_counter() - started, steady, len(marks)
+    return time.perf_counter() - started
 
 
 def _vectors(index) -> dict[str, np.ndarray]:
@@ -136,20 +130,13 @@ def main() -> None:
         ray.shutdown()
     cosine = min(float(vectors["ray"][u] @ v) for u, v in vectors["in-process"].items())
     # On a shared machine the best of the alternating trials is the least disturbed one.
-    here_run = min(run for run, _, _ in results["in-process"])
-    here_steady = min(steady for _, steady, _ in results["in-process"])
-    ray_run = min(run for run, _, _ in results["ray"])
-    ray_steady = min(steady for _, steady, _ in results["ray"])
-    batches = results["ray"][0][2]
-    steady_images = args.images * (batches - 1) / batches  # images after the first batch
+    here, there = min(results["in-process"]), min(results["ray"])
     print(
         f"model={args.model} pretrained={args.pretrained or 'default'} images={args.images} "
         f"size={args.size} batch={args.batch_size} cpus={os.cpu_count()} "
         f"ray workers={args.workers or 1} best of {args.repeat}: "
-        f"in-process {args.images / here_run:.1f} images/s run, "
-        f"{steady_images / here_steady:.1f} steady; "
-        f"ray {args.images / ray_run:.1f} images/s run, {steady_images / ray_steady:.1f} steady; "
-        f"ray/in-process run {here_run / ray_run:.2f}, steady {here_steady / ray_steady:.2f}; "
+        f"in-process {args.images / here:.1f} images/s, ray {args.images / there:.1f} images/s, "
+        f"ray/in-process {here / there:.2f}; "
         f"min cosine {cosine:.6f}; "
         f"one writer commits {commits:,.0f} rows/s ({dim}-d vectors, batch {args.batch_size})"
     )

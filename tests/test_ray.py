@@ -67,6 +67,10 @@ def test_workers_default_to_gpus_or_nodes_and_threads_share_the_cpus():
         plan_workers(RayOptions(workers=3, gpus_per_worker=1), {"CPU": 8.0, "GPU": 2.0}, 1)
     with pytest.raises(BackendError, match="the cluster has 0"):
         plan_workers(RayOptions(gpus_per_worker=1), {"CPU": 8.0}, 1)
+    with pytest.raises(BackendError, match="leave no CPU of the cluster's 2 for reading"):
+        plan_workers(RayOptions(workers=2), {"CPU": 2.0}, 1)
+    with pytest.raises(BackendError, match="leave no CPU"):
+        plan_workers(RayOptions(), {"CPU": 1.0}, 1)
 
 
 def test_rows_carry_entries_exactly_and_decoded_batches_come_back_as_items(tmp_path):

@@ -28,6 +28,8 @@ EXPECTED = {
     "bench_ray.py": r"in-process [\d.]+ images/s run, [\d.]+ steady; ray [\d.]+ images/s run, "
     r"[\d.]+ steady; ray/in-process run [\d.]+, steady [\d.]+; min cosine (1\.0+|0\.9999)",
     "bench_exif.py": r"exif on [\d.]+ s, off [\d.]+ s (.|\n)*photo_meta \d+ us/image .* [\d.]+% of the run",
+    "bench_ray.py": r"in-process [\d.]+ images/s, ray [\d.]+ images/s, ray/in-process [\d.]+; "
+    r"min cosine (1\.0+|0\.9999)",
     "train_demo_model.py": r"zero-shot top-1 over 48 labels: seen [\d.]+%",
     "screenshot.py": r"screenshot .*: \d+x\d+ px, \d+ KB; \d+\+? results? for",
     "bench_serve.py": r"text batched +1 (.|\n)*thumbnails \(cached\)(.|\n)*"

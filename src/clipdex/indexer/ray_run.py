@@ -80,7 +80,8 @@ def block_count(total: int, batch_size: int) -> int:
 
 def plan_workers(options: RayOptions, resources: dict[str, float], nodes: int) -> tuple[int, int]:
     """(actors, torch threads per actor) for a cluster's resources; BackendError when it
-    cannot hold the GPUs asked for."""
+    cannot hold the GPUs asked for, or the actors would leave no CPU to decode on (Ray
+    would wait for one for ever)."""
     nodes = max(1, nodes)
     gpus = resources.get("GPU", 0.0)
     if options.workers is not None:
@@ -96,7 +97,13 @@ def plan_workers(options: RayOptions, resources: dict[str, float], nodes: int) -
             f"{workers} Ray workers with {options.gpus_per_worker:g} GPU(s) each need "
             f"{workers * options.gpus_per_worker:g} GPUs; the cluster has {gpus:g}"
         )
-    cpus_per_node = resources.get("CPU", 1.0) / nodes
+    cpus = resources.get("CPU", 0.0)
+    if cpus - workers * options.cpus_per_worker < 1:
+        raise BackendError(
+            f"{workers} Ray workers with {options.cpus_per_worker:g} CPU(s) each leave no CPU "
+            f"of the cluster's {cpus:g} for reading and decoding; ask for fewer workers"
+        )
+    cpus_per_node = max(cpus, 1.0) / nodes
     threads = max(1, int(cpus_per_node // math.ceil(workers / nodes)))
     return workers, threads
 
