@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--tiny", action="store_true", help="3,000 vectors")
+    parser.add_argument(
+        "--formats", default="parquet,npy,clip-retrieval", help="exports to time (parquet first)"
+    )
     args = parser.parse_args()
     if args.tiny:
         args.n = 3_000
@@ -119,7 +122,7 @@ def main() -> None:
             f"({args.n / cpu:,.0f} vectors/CPU-s), peak {peak:,.0f} MB "
             f"(the flat store alone {store:,.0f} MB; catalog {du(index) - store:,.0f} MB)"
         )
-        for fmt in ("parquet", "npy", "clip-retrieval"):
+        for fmt in dict.fromkeys(["parquet", *args.formats.split(",")]):
             target = work / f"out-{fmt}"
             out, wall, peak, cpu = measured(
                 "export", str(target), "--format", fmt, "--index", str(index)

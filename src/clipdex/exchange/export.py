@@ -33,8 +33,9 @@ from clipdex.storage.catalog_bulk import ExportChunk, export_snapshot
 from clipdex.storage.labels import LabelStore
 from clipdex.types import ProgressCallback
 
-#: Rows read from the catalog at a time (about 130 MB of rows for 512-d vectors).
-CHUNK = 65_536
+#: Rows read from the catalog at a time: 32 MB of 512-d vectors, held in about four
+#: copies (SQLite's rows, the joined bytes, Arrow's arrays, the Parquet writer's pages).
+CHUNK = 16_384
 #: Rows per exported file by default (2 GB of float32 512-d vectors).
 ROWS_PER_FILE = 1_000_000
 

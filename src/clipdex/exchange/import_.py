@@ -31,8 +31,8 @@ from clipdex.storage.catalog_bulk import (
 )
 from clipdex.types import ModelIdentity, ProgressCallback
 
-#: Rows per transaction (about 100 MB of 512-d float32 vectors in flight).
-CHUNK = 50_000
+#: Rows per transaction (32 MB of 512-d float32 vectors in flight, in a few copies).
+CHUNK = 16_384
 #: How far from 1 a vector's norm may be before it is normalised (and counted).
 UNIT_TOLERANCE = 1e-3
 #: Rows closer than this to unit length are stored as they are (float32 rounding).

@@ -111,7 +111,10 @@ def iter_part(fmt: str, part: Part, chunk: int) -> Iterator[Chunk]:
             )
     start = 0
     try:
-        batches = pq.ParquetFile(str(part.rows)).iter_batches(batch_size=chunk, columns=wanted)
+        # No pre-buffering: memory follows the batch, not the file (Parquet decodes whole
+        # row groups, so exports write them no larger than a chunk).
+        reader = pq.ParquetFile(str(part.rows), pre_buffer=False)
+        batches = reader.iter_batches(batch_size=chunk, columns=wanted)
         for batch in batches:
             n = batch.num_rows
             where = f"{part.rows.name} rows {start + 1}-{start + n}"
