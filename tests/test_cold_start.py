@@ -184,3 +184,19 @@ def test_commands_import_only_what_they_need(tmp_path, tiny_checkpoint):
     # the same query again: from the cache, so not even torch
     loaded = run_python(header + run.format(args=search) + LOADED)
     assert loaded["torch"] is False and loaded["faiss"] is True
+
+
+def test_classify_encodes_its_labels_with_the_text_tower(tmp_path, tiny_checkpoint):
+    from clipdex.classify.runs import ClassifyOptions
+    from clipdex.types import LabelSet
+
+    folder = index_with_checkpoint(tmp_path, tiny_checkpoint)
+    labels = LabelSet(["red", "green", "blue", "a photo of noise"])
+    options = ClassifyOptions(save=False)
+    whole = Embedder(ModelSpec("clipdex-tiny", checkpoint=str(tiny_checkpoint)), precision="fp32")
+    with Index(folder, precision="fp32", loaded_model=whole) as index:
+        expected = index.classify(labels, options).label_matrix
+    with Index(folder, precision="fp32") as index:
+        got = index.classify(labels, options).label_matrix
+        assert isinstance(index.loaded_model, TextEncoder)
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -290,7 +290,7 @@ class Index:
         if options.save:
             require_writable(self.folder)
         _ = self.vectors  # an empty index says so before any model loads
-        embedder = self.embedder()
+        embedder = self.embedder(text_only=True)  # labels are texts
         with self._lock:
             vectors = self._reader.vectors_of(embedder)
             return classify_index(self.catalog, vectors, embedder, labels, options, on_progress)
@@ -308,7 +308,7 @@ class Index:
         if k < 1:
             raise QueryError(f"k (images per label) must be at least 1 (got {k})")
         _ = self.vectors  # an empty index says so before any model loads
-        embedder = self.embedder()
+        embedder = self.embedder(text_only=True)  # labels are texts
         _, matrix = build_label_matrix(embedder, labels, templates)
         with self._lock:
             found = nearest_per_label(self._reader.vectors_of(embedder), matrix, k)

@@ -7,6 +7,7 @@ Searches run on a GPU clone when FAISS sees a GPU; the CPU index stays the maste
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
@@ -136,6 +137,9 @@ class FlatStore:
             raise WrongKind(f"not an IndexIDMap2(IndexFlatIP) of dimension {dim}")
         store = cls(dim, seq=seq, index=index)
         store.mapped = mmap
+        if mmap and hasattr(os, "posix_fadvise"):  # page the file in while the model loads
+            with open(path, "rb") as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
         return store
 
     def detach(self) -> None:
