@@ -335,3 +335,23 @@ def test_no_cors_unless_an_origin_is_allowed(tmp_path):
             headers={"Origin": "http://evil.example", "Authorization": f"Bearer {TOKEN}"},
         )
         assert evil.status_code == 200 and "access-control-allow-origin" not in evil.headers
+
+
+def test_a_request_past_the_time_limit_is_a_503_and_the_app_is_cancelled():
+    from clipdex.server.guards import Guards
+
+    events = []
+
+    async def slow_app(scope, receive, send):
+        try:
+            await asyncio.sleep(30)  # a client sending its body slowly, a stuck model
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    guarded = Guards(slow_app, token=None, max_body=10, timeout_s=0.05)
+    status, body = asyncio.run(answer_of(guarded, scope_of("GET", "/api/v1/status"), receive))
+    assert status == 503 and b"longer than 0.05 s" in body and events == ["cancelled"]

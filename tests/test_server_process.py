@@ -161,3 +161,39 @@ def test_ctrl_c_stops_the_server(server):
     _, _, process, _ = server
     process.send_signal(signal.SIGINT)
     assert process.wait(30) == 0
+
+
+def test_demo_serve_serves_the_demo_index_until_ctrl_c(tmp_path):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TMPDIR=str(tmp_path))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clipdex", "demo", "--serve", "--port", str(port), "--count", "48"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, process.communicate()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        found = httpx.get(f"{base}/api/v1/search", params={"q": "a red circle", "k": 1}).json()
+        assert "red-circle" in found["results"][0]["uri"]
+        runs = httpx.get(f"{base}/api/v1/runs").json()
+        assert len(runs) == 1 and len(runs[0]["labels"]) == 48  # saved: the page filters by it
+        thumb = httpx.get(f"{base}{found['results'][0]['thumbnail_url']}")
+        assert thumb.headers["content-type"] in ("image/webp", "image/jpeg")
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert f"at http://127.0.0.1:{port}" in out
+    assert not list(tmp_path.glob("clipdex-demo-*"))  # its temporary index is gone

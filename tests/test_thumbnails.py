@@ -88,6 +88,18 @@ def test_indexing_stores_replaces_and_removes_thumbnails(tmp_path, runner):
     for path in paths[2:4]:
         assert store.read(by_uri[str(path)].id) is None
     assert store.read(by_uri[str(paths[0])].id) is not None
+    before_move = store.read(by_uri[str(paths[0])].id)
+    # A moved file reuses its vector, and its thumbnail comes along.
+    kept = by_uri[str(paths[0])]
+    moved = photos / "moved.png"
+    paths[0].rename(moved)
+    run_cli(runner, "index", str(photos), "--index", str(folder))
+    with Index(folder) as index:
+        new_id = next(
+            hit.id for hit in index.search(like=changed.id, k=20) if hit.uri == str(moved)
+        )
+    assert new_id != kept.id and store.read(new_id) == before_move
+    assert store.read(kept.id) is None  # the old id's was pruned with it
     run_cli(runner, "forget", str(photos), "--index", str(folder))
     assert [p for p in store.root.rglob("*") if p.is_file() and p.name != ".pruned"] == []
 

@@ -16,7 +16,7 @@ from clipdex.indexer.photo_meta import fill_photo_meta
 from clipdex.indexer.pipeline import Batch, Decoded, decode_batches
 from clipdex.indexer.plan import Reuse, SyncPlan, plan_sync
 from clipdex.indexer.ray_run import RayOptions, ray_embedding, require_ray
-from clipdex.indexer.thumbnails import store_thumbnails
+from clipdex.indexer.thumbnails import copy_thumbnails, store_thumbnails
 from clipdex.media.decode import DEFAULT_MAX_PIXELS
 from clipdex.models.open_clip import Embedder
 from clipdex.sources import Source
@@ -133,6 +133,8 @@ def index_source(
         thumbs = ThumbnailStore(folder)
         vectors, _ = open_store(folder, catalog)
         _reuse_vectors(catalog, source_id, plan.reuse)  # before the originals may be deleted
+        if options.thumbnails:
+            copy_thumbnails(folder, catalog, plan.reuse)
         removed, kept = catalog.links.unlink(source_id, plan.unlink_ids)
         catch_up(vectors, catalog)
         try:

@@ -91,7 +91,12 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization"],
         )
-    app.add_middleware(Guards, token=options.token, max_body=options.max_upload_bytes + 65536)
+    app.add_middleware(
+        Guards,
+        token=options.token,
+        max_body=options.max_upload_bytes + 65536,
+        timeout_s=options.request_timeout_s,
+    )
     return app
 
 

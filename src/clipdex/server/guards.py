@@ -1,8 +1,10 @@
-"""ASGI guards in front of every route: the bearer token, the request body's size, and
-security headers (nosniff, a strict Content-Security-Policy, no framing)."""
+"""ASGI guards in front of every route: the bearer token, the request body's size, a time
+limit per request, and security headers (nosniff, a strict Content-Security-Policy, no
+framing)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from urllib.parse import parse_qs
@@ -39,12 +41,15 @@ async def send_json(send, status: int, detail: str, headers: list | None = None)
 
 class Guards:
     """Refuses a request without the token (401) or with a body over the limit (413),
-    before the route runs, and adds security headers to every response."""
+    before the route runs, answers 503 for one that runs past `timeout_s` (a client that
+    sends its body slowly, an overloaded model), and adds security headers to every
+    response."""
 
-    def __init__(self, app, token: str | None, max_body: int):
+    def __init__(self, app, token: str | None, max_body: int, timeout_s: float = 120.0):
         self.app = app
         self.token = token.encode() if token else None
         self.max_body = max_body
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -105,7 +110,12 @@ class Guards:
                 ]
             await send(message)
 
-        await self.app(scope, limited_receive, guarded_send)
+        try:
+            await asyncio.wait_for(self.app(scope, limited_receive, guarded_send), self.timeout_s)
+        except asyncio.TimeoutError:
+            if not state["started"]:
+                state["refused"] = state["started"] = True
+                await send_json(send, 503, f"the request took longer than {self.timeout_s:g} s")
 
     def _too_large(self) -> str:
         return f"the request body is larger than the limit of {self.max_body:,} bytes"

@@ -27,6 +27,8 @@ class ServerOptions:
     max_query_chars: int = 1000
     max_k: int = 1000
     max_offset: int = 10_000
+    #: Seconds a request may take, body upload included (then 503).
+    request_timeout_s: float = 120.0
     #: Thumbnails made on demand (no stored one) kept in memory, in bytes.
     thumbnail_cache_bytes: int = 64 * 1024 * 1024
     #: Origin allowed to call the API from another site (CORS); None: same origin only.
