@@ -170,7 +170,9 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     saved = {key: os.environ.get(key) for key in AWS_ENV}
     os.environ.update(AWS_ENV)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # 4 logical CPUs on 2 cores: the actor holds one, so three decode tasks run at once and
+    # finish out of order; only preserved order then gives the in-process ids
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
