@@ -77,9 +77,9 @@ def search_command(
     """Find the images nearest to a text or an example image.
 
     The query is the weighted sum of its terms' unit vectors, renormalised: QUERY (weight
-    1), each --and, --image and --like (added) and each --not (subtracted). A weight is a
-    trailing :NUMBER ("snow:0.5"); only a trailing :NUMBER is one, so write "12:30:1" to
-    search for the text "12:30".
+    1), each --and, --image and --like (added) and each --not (subtracted). In those
+    options a weight is a trailing :NUMBER ("snow:0.5"), and only a trailing :NUMBER is
+    one: write --and "12:30:1" for the text "12:30". QUERY is always taken whole.
 
     \b
     Example:
