@@ -88,6 +88,7 @@ def test_text_tower_alone_equals_the_whole_vit_b_32_256(tmp_path):
     assert alone.identity.dim == 512
 
 
+@pytest.mark.slow
 def test_the_tokenizer_is_open_clips():
     import open_clip
 
@@ -130,6 +131,7 @@ def index_with_checkpoint(tmp_path: Path, checkpoint: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_text_search_uses_the_text_tower_and_finds_what_the_whole_model_finds(
     tmp_path, tiny_checkpoint
 ):
@@ -145,6 +147,7 @@ def test_text_search_uses_the_text_tower_and_finds_what_the_whole_model_finds(
     np.testing.assert_allclose([h.score for h in hits], scores[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_changed_since_indexing_is_refused_by_the_text_tower(
     tmp_path, tiny_checkpoint
 ):
@@ -186,6 +189,7 @@ def test_commands_import_only_what_they_need(tmp_path, tiny_checkpoint):
     assert loaded["torch"] is False and loaded["faiss"] is True
 
 
+@pytest.mark.slow
 def test_classify_encodes_its_labels_with_the_text_tower(tmp_path, tiny_checkpoint):
     from clipdex.classify.runs import ClassifyOptions
     from clipdex.types import LabelSet

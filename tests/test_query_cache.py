@@ -68,6 +68,7 @@ def test_the_cache_keeps_the_most_recently_used_rows(indexed):
         catalog.close()
 
 
+@pytest.mark.slow
 def test_another_model_does_not_use_the_cached_vector(indexed, tmp_path):
     with Index(indexed) as index:
         index.search("a blue circle")
@@ -78,6 +79,7 @@ def test_another_model_does_not_use_the_cached_vector(indexed, tmp_path):
         assert QueryCache(index.catalog).count() == 2
 
 
+@pytest.mark.slow
 def test_a_changed_checkpoint_cached_queries_answer_new_ones_are_refused(tmp_path, monkeypatch):
     """The rule (search/cached.py): a cached vector is the indexed model's own; every load
     of the model still checks the checkpoint's SHA-256."""
