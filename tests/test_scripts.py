@@ -25,8 +25,6 @@ EXPECTED = {
     r"wall(.|\n)*text tower, shorter pass +[\d.]+ ms/query",
     "bench_search.py": r"flat .* 1\.000 (.|\n)*ivf .*nprobe=\d+(.|\n)*ivf-pq .*recall=[\d.]+",
     "bench_remote.py": r"folder [\d.]+ images/s, s3 [\d.]+ images/s, s3 \+ 50 ms [\d.]+",
-    "bench_ray.py": r"in-process [\d.]+ images/s run, [\d.]+ steady; ray [\d.]+ images/s run, "
-    r"[\d.]+ steady; ray/in-process run [\d.]+, steady [\d.]+; min cosine (1\.0+|0\.9999)",
     "bench_exif.py": r"exif on [\d.]+ s, off [\d.]+ s (.|\n)*photo_meta \d+ us/image .* [\d.]+% of the run",
     "bench_ray.py": r"in-process [\d.]+ images/s, ray [\d.]+ images/s, ray/in-process [\d.]+; "
     r"min cosine (1\.0+|0\.9999)",
