@@ -204,3 +204,26 @@ def test_classify_encodes_its_labels_with_the_text_tower(tmp_path, tiny_checkpoi
         got = index.classify(labels, options).label_matrix
         assert isinstance(index.loaded_model, TextEncoder)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_memory_mapped_store_is_copied_before_it_changes(tmp_path):
+    """Readers memory-map the flat store; catching up (remove, add) must not touch the
+    mapping (FAISS would crash) nor the file."""
+    from clipdex.vectors.flat import FlatStore
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    saved = FlatStore(8)
+    saved.add(np.arange(1, 51), vectors)
+    path = str(tmp_path / "vectors.faiss")
+    saved.write_file(path)
+    mapped = FlatStore.read_mapped(path, 8, 0)
+    assert mapped.mapped and mapped.search(vectors[:1], 1)[1][0, 0] == 1
+    _, chunk = next(mapped.iter_vectors())
+    with pytest.raises(ValueError):
+        chunk[0, 0] = 0.0  # a view of the file: read-only
+    assert mapped.remove([1, 2]) == 2 and not mapped.mapped
+    mapped.add(np.array([99]), vectors[:1])
+    assert mapped.search(vectors[:1], 1)[1][0, 0] == 99
+    assert FlatStore.read_file(path, 8, 0).ntotal == 50  # the file is as it was

@@ -241,6 +241,6 @@ def simple_tokenizer(context_length: int):
         loader_spec = importlib.util.spec_from_file_location("clipdex_open_clip_tokenizer", file)
         module = importlib.util.module_from_spec(loader_spec)
         loader_spec.loader.exec_module(module)
-    # the module made one SimpleTokenizer already (reading its vocabulary is most of the
-    # cost); its calls take the context length
-    return functools.partial(module._tokenizer, context_length=context_length)
+    # `tokenize` calls the SimpleTokenizer the module made when loaded (reading its
+    # vocabulary is most of the cost), with the context length given
+    return functools.partial(module.tokenize, context_length=context_length)
