@@ -106,7 +106,9 @@ def main() -> None:
     from clipdex import ModelSpec, RayOptions
 
     spec = ModelSpec(args.model, args.pretrained)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    # Ray's socket paths live under its temporary folder and must stay under 108 bytes.
+    short = tempfile.gettempdir() if len(tempfile.gettempdir()) < 40 else "/tmp"
+    ray.init(include_dashboard=False, log_to_driver=False, _temp_dir=short + "/ray")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             photos = Path(tmp) / "photos"

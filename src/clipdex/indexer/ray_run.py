@@ -72,7 +72,7 @@ def require_ray() -> None:
 
 
 def block_count(total: int, batch_size: int) -> int:
-    """Input blocks: whole batches each, at most MAX_BLOCKS, at least one."""
+    """Input blocks: about a batch each (rows split evenly), at most MAX_BLOCKS."""
     batches = max(1, math.ceil(total / batch_size))
     per_block = math.ceil(batches / MAX_BLOCKS)
     return max(1, math.ceil(batches / per_block))
@@ -274,15 +274,18 @@ def ray_embedding(
     import ray
 
     started = False
-    with _ray_errors():
-        if not ray.is_initialized():
+    if not ray.is_initialized():
+        try:
             ray.init(
                 address=options.address,
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.ERROR,
             )
-            started = True
+        except (OSError, RuntimeError, ValueError) as exc:
+            where = f"at {options.address}" if options.address else "on this machine"
+            raise BackendError(f"cannot start or reach Ray {where}: {_first_line(exc)}") from exc
+        started = True
     try:
         with _quiet_data_context():
             yield _stream(
