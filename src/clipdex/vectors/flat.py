@@ -32,6 +32,7 @@ class FlatStore:
         self.mapped = False
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._gpu_index = None
+        self._ids: np.ndarray | None = None
         self.dirty = False
 
     # -- contents --------------------------------------------------------------------------
@@ -43,7 +44,10 @@ class FlatStore:
     def ids(self) -> np.ndarray:
         import faiss
 
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        if self._ids is None:  # kept until a change: a million ids cost 0.1 s to copy
+            self._ids = faiss.vector_to_array(self.index.id_map).astype(np.int64, copy=False)
+            self._ids.flags.writeable = False
+        return self._ids
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
@@ -66,6 +70,7 @@ class FlatStore:
     def _changed(self) -> None:
         self.dirty = True
         self._gpu_index = None
+        self._ids = None
 
     def iter_vectors(self, chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) over the whole index: zero-copy views of FAISS's storage, valid
