@@ -218,7 +218,7 @@ def test_a_memory_mapped_store_is_copied_before_it_changes(tmp_path):
     saved.add(np.arange(1, 51), vectors)
     path = str(tmp_path / "vectors.faiss")
     saved.write_file(path)
-    mapped = FlatStore.read_mapped(path, 8, 0)
+    mapped = FlatStore.read_file(path, 8, 0, mmap=True)
     assert mapped.mapped and mapped.search(vectors[:1], 1)[1][0, 0] == 1
     _, chunk = next(mapped.iter_vectors())
     with pytest.raises(ValueError):
