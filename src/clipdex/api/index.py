@@ -19,41 +19,31 @@ import numpy as np
 from clipdex.api.folder import default_index_dir, index_exists, prepare_folder, require_writable
 from clipdex.api.models import ModelLoader
 from clipdex.api.reader import Reader
+from clipdex.api.searching import Searcher
 from clipdex.api.sources import find_gone_source, gone_local_uri, read_image, uris_for
 from clipdex.api.status import IndexStatus, SourceStatus, index_status
 from clipdex.classify.runs import (
     Classification,
     ClassifyOptions,
-    build_label_matrix,
     classify_index,
-    nearest_per_label,
 )
 from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
-from clipdex.errors import IndexNotFoundError, QueryError, SourceError
+from clipdex.errors import IndexNotFoundError, SourceError
 from clipdex.indexer.ray_run import RayOptions, require_ray
 from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_source
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model
 from clipdex.models.text_encoder import TextEncoder
-from clipdex.search.algebra import Term, combine, gather_terms, liked_ids
-from clipdex.search.cached import text_query_vector
+from clipdex.search.algebra import Term
 from clipdex.search.duplicates import (
     DEFAULT_MAX_GROUP,
     DEFAULT_THRESHOLD,
     DuplicateGroup,
-    check_duplicate_options,
-    exact_groups,
-    near_groups,
-    near_pairs,
 )
-from clipdex.search.filters import Filters, check_sort, restrict, sort_results
+from clipdex.search.filters import Filters
 from clipdex.search.query import (
-    CatalogScan,
     SearchResult,
-    check_query,
-    search_batch,
-    search_vectors,
 )
 from clipdex.sources import open_source
 from clipdex.sources.remote import StoreOptions
@@ -97,6 +87,7 @@ class Index:
         self._lock = threading.RLock()
         self._reader = Reader(self.folder, self._lock)
         self._models = ModelLoader(device, precision, self._lock, loaded_model)
+        self._searcher = Searcher(self._reader, self._lock, self.embedder)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -190,29 +181,9 @@ class Index:
                 `Term.like(id)`; a negative weight subtracts); stored images named by
                 `like` terms are left out of the results.
         """
-        check_query(text, image, k, min_score)
-        check_sort(sort)
-        query_terms = gather_terms(text, image, like, terms)
-        _ = self.vectors  # an empty index says so before any model loads
-        among = restrict(self.catalog, self._among(label), filters)
-        if among is not None and len(among) == 0:
-            return []
-        identity = self.model_identity()
-        embedder = self.embedder() if any(t.kind == "image" for t in query_terms) else None
-
-        def text_vector(text: str) -> np.ndarray:
-            """Cached; else encoded by the loaded model or the text tower alone."""
-            return text_query_vector(
-                self.catalog, identity, text, lambda: embedder or self.embedder(text_only=True)
-            )
-
-        query = combine(query_terms, self.catalog, embedder, text_vector)
-        skip = liked_ids(query_terms)
-        with self._lock:  # FAISS may not be searched while another thread catches it up
-            vectors = self._reader.vectors_for(embedder.identity if embedder else identity)
-            store = CatalogScan(self.catalog) if exact else vectors
-            found = search_vectors(self.catalog, store, query, k + len(skip), min_score, among)
-        return sort_results([hit for hit in found if hit.id not in skip][:k], sort)
+        return self._searcher.search(
+            text, image, k, min_score, label, like, exact, filters, sort, terms
+        )
 
     def search_many(
         self, queries: np.ndarray, k: int = 10, *, label: str | None = None, model=None
@@ -227,21 +198,7 @@ class Index:
             model: the Embedder that made the queries: the index must still hold its
                 vectors (a rebuild with another model meanwhile is refused).
         """
-        among = self._among(label)
-        with self._lock:  # FAISS may not be searched while another thread catches it up
-            vectors = self._reader.vectors_of(model) if model is not None else self.vectors
-            return search_batch(self.catalog, vectors, queries, k, among)
-
-    def _among(self, label: str | None) -> np.ndarray | None:
-        """The ids a label filter leaves (None: no filter); QueryError when none has it."""
-        if label is None:
-            return None
-        among = LabelStore(self.catalog).ids_with_label(label)
-        if len(among) == 0:
-            raise QueryError(
-                f"no image is labelled '{label}'; label images first with `clipdex classify`"
-            )
-        return among
+        return self._searcher.search_many(queries, k, label, model)
 
     def duplicates(
         self,
@@ -263,14 +220,7 @@ class Index:
             max_group: the most images a group holds (>= 2); more copies form more groups.
             on_progress: called as on_progress("duplicates", done, total).
         """
-        check_duplicate_options(threshold, max_group)
-        if exact:
-            return exact_groups(self.catalog)
-        if self.catalog.counts()["vectors"] == 0:
-            return iter(())
-        with self._lock:  # FAISS may not be searched while another thread catches it up
-            pairs = near_pairs(self.vectors, threshold, max_group, on_progress)
-        return near_groups(self.catalog, pairs, threshold, max_group)
+        return self._searcher.duplicates(threshold, exact, max_group, on_progress)
 
     def classify(
         self,
@@ -305,22 +255,7 @@ class Index:
             k: images per label (>= 1).
             templates: the prompt template set the label vectors are made with.
         """
-        if k < 1:
-            raise QueryError(f"k (images per label) must be at least 1 (got {k})")
-        _ = self.vectors  # an empty index says so before any model loads
-        embedder = self.embedder(text_only=True)  # labels are texts
-        _, matrix = build_label_matrix(embedder, labels, templates)
-        with self._lock:
-            found = nearest_per_label(self._reader.vectors_of(embedder), matrix, k)
-        rows = self.catalog.images(i for hits in found for i, _ in hits)
-        return {
-            name: [
-                SearchResult(i, rows[i].uri, s, rows[i].width, rows[i].height)
-                for i, s in hits
-                if i in rows
-            ]
-            for name, hits in zip(labels.names, found, strict=True)
-        }
+        return self._searcher.nearest_per_label(labels, k, templates)
 
     def label_counts(self) -> tuple[int | None, list[tuple[str, int]]]:
         """(latest classification run, [(label, images whose top label it is)])."""
