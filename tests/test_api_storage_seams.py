@@ -133,6 +133,7 @@ def test_raw_write_discard_keeps_nothing(tmp_path):
 # -- the reader's refresh ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_refresh_follows_another_writer_by_change_sequence(tmp_path, index_dir):
     make_images(tmp_path / "a", 3)
     make_images(tmp_path / "b", 2, seed=4)

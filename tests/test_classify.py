@@ -63,6 +63,7 @@ def reference_classifier(names, templates) -> np.ndarray:
     return weights.T.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("templates", ["openai", "simple", "none"])
 def test_label_vectors_equal_build_zero_shot_classifier(templates):
     names = LABELS[:12]  # openai: 960 prompts, two flushes of <= 512, label 6 split by them
@@ -185,6 +186,7 @@ def test_saved_run_round_trips_through_search_label_and_status(runner, corpus):
     assert counts["osprey"] == len(osprey) and sum(counts.values()) == 300
 
 
+@pytest.mark.slow
 def test_only_new_classifies_only_images_added_since(runner, tmp_path, index_dir):
     folder = tmp_path / "p"
     make_images(folder, 20)

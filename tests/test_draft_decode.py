@@ -60,6 +60,7 @@ def test_a_large_jpeg_decodes_at_the_smallest_scale_that_keeps_twice_the_input()
     assert psnr >= PSNR_FLOOR_DB
 
 
+@pytest.mark.slow
 def test_exif_orientation_is_applied_after_the_draft():
     data = _jpeg(2400, 1600, seed=3, orientation=6)
     psnr, loaded = _psnr(data)
@@ -77,6 +78,7 @@ def test_an_image_already_small_enough_is_decoded_exactly():
     assert load_image_for(_jpeg(2400, 1600), min_side=None).decode == "exact"
 
 
+@pytest.mark.slow
 def test_other_formats_reduce_only_by_a_factor_dividing_both_sides():
     assert box_factor((2048, 1536), 512) == 2  # 3 does not divide 2048
     assert box_factor((3000, 1800), 512) == 3

@@ -46,6 +46,7 @@ def open_clip_reference(paths) -> np.ndarray:
     return features.numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("precision", "floor"), [("fp32", 0.99999), ("bf16", 0.999)])
 def test_vectors_equal_open_clip_encode_image(runner, tmp_path, index_dir, precision, floor):
     folder = tmp_path / "p"

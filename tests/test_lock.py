@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from clipdex.storage.lock import WriterLock
 from conftest import TINY, run_cli
 
@@ -24,6 +26,7 @@ def test_second_writer_is_refused_while_first_holds_the_lock(runner, images, ind
     assert "50 unchanged" in run_cli(runner, "index", str(images)).stdout
 
 
+@pytest.mark.slow
 def test_wait_blocks_until_the_writer_is_done(runner, images, index_dir):
     import threading
 

@@ -150,6 +150,7 @@ def test_a_long_lived_index_sees_images_another_writer_added(tmp_path, index_dir
     reader.close()
 
 
+@pytest.mark.slow
 def test_threads_share_one_index_while_another_writer_adds(tmp_path, index_dir):
     make_images(tmp_path / "p", 10)
     with Index(index_dir) as writer:

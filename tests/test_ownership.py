@@ -141,6 +141,7 @@ def test_a_parent_indexed_first_then_a_child_keeps_both(runner, tmp_path):
 # -- item 6: a list shares rows with a folder ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_list_shares_a_folders_rows_and_shortening_it_keeps_them(runner, tmp_path):
     photos, loose = tmp_path / "photos", tmp_path / "loose"
     paths = make_images(photos, 8)

@@ -83,6 +83,7 @@ def index_bucket(index, s3_uri, endpoint, **options):
     return index.add(s3_uri, model=TINY_SPEC, endpoint_url=endpoint, **options)
 
 
+@pytest.mark.slow
 def test_index_a_bucket_prefix_and_search_it(runner, bucket, endpoint, index_dir):
     _, name = bucket
     out = run_cli(runner, "index", f"s3://{name}/2024/", "--endpoint-url", endpoint, *TINY).stdout
@@ -96,6 +97,7 @@ def test_index_a_bucket_prefix_and_search_it(runner, bucket, endpoint, index_dir
     assert f"{COUNT + 1} unchanged" in again and "0 embedded" in again
 
 
+@pytest.mark.slow
 def test_deleted_overwritten_and_new_objects_are_counted_exactly(bucket, endpoint, index_dir):
     s3, name = bucket
     with clipdex.open_index(index_dir) as index:
@@ -117,6 +119,7 @@ def test_deleted_overwritten_and_new_objects_are_counted_exactly(bucket, endpoin
         assert f"s3://{name}/2024/00/deep/img0000.png" not in uris
 
 
+@pytest.mark.slow
 def test_moved_object_reuses_its_vector_by_etag(bucket, endpoint, index_dir):
     s3, name = bucket
     with clipdex.open_index(index_dir) as index:
@@ -149,6 +152,7 @@ def test_object_deleted_between_listing_and_fetching(bucket, endpoint, index_dir
         )
 
 
+@pytest.mark.slow
 def test_transient_errors_are_retried_and_permanent_ones_recorded(
     bucket, endpoint, index_dir, monkeypatch
 ):
@@ -225,6 +229,7 @@ def test_killed_run_resumes(bucket, endpoint, tmp_path):
     assert check.stdout.startswith("ok: 200 images"), check.stdout
 
 
+@pytest.mark.slow
 def test_image_bytes_come_back_from_the_bucket_and_from_disk(bucket, endpoint, index_dir, images):
     _, name = bucket
     with clipdex.open_index(index_dir) as index:

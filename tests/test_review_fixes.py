@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 import clipdex
 from clipdex.api import Index
 from clipdex.storage.catalog import CATALOG_FILE
@@ -41,6 +43,7 @@ def test_out_into_a_missing_folder_saves_no_run(runner, images, index_dir):
         assert index.label_counts() == (None, [])
 
 
+@pytest.mark.slow
 def test_min_score_outside_minus_one_to_one_is_refused(runner, images):
     run_cli(runner, "index", str(images), *TINY)
     result = run_cli(runner, "search", "x", "--min-score", "5", expect=1)

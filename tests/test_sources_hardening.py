@@ -328,6 +328,7 @@ def png_bytes(color: str) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_a_tree_1100_folders_deep_is_indexed(runner, tmp_path, nest):
     root = tmp_path / "deep"
     make_images(root, 1)

@@ -231,6 +231,7 @@ def test_index_path_with_url_characters(runner, tmp_path, name):
     "sidecar",
     ["[1, 2]", '"flat"', "null", '{"seq": "a"}', '{"type": 3, "dim": 64, "seq": 1, "ntotal": 3}'],
 )
+@pytest.mark.slow
 def test_sidecar_of_the_wrong_shape(runner, tmp_path, index_dir, sidecar):
     folder = tmp_path / "p"
     make_images(folder, 3)

@@ -129,6 +129,7 @@ def test_resume_without_a_state_file(runner, pairs_csv, tmp_path):
     assert "nothing to resume" in result.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_finds_a_held_out_combination(runner, tmp_path):
     out = run_cli(runner, "demo", str(tmp_path / "shapes")).stdout
     colour, shape = sorted(HELD_OUT)[0]
