@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -12,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DatabaseError
 
 from clipdex.errors import CatalogError, ClipdexError, ModelMismatchError
 from clipdex.storage.catalog_links import SourceLinks
 from clipdex.storage.catalog_scan import ScanQueries
+from clipdex.storage.catalog_write import write_records, write_tombstones
 from clipdex.storage.db import (
     bump_seq,
     database_error,
@@ -29,7 +27,6 @@ from clipdex.storage.db import (
     write,
 )
 from clipdex.storage.migrate import check_version, create_or_migrate
-from clipdex.storage.photo_meta import write_meta
 from clipdex.storage.schema import (
     SCHEMA_VERSION,
     ClassifyRun,
@@ -38,7 +35,6 @@ from clipdex.storage.schema import (
     Meta,
     QueryVector,
     Source,
-    Tombstone,
     Vector,
 )
 from clipdex.storage.snapshot import Snapshot, read_vectors
@@ -182,7 +178,7 @@ class Catalog:
             forgotten = list(conn.execute(select(Source.uri).order_by(Source.id)).scalars())
             seq = bump_seq(conn)
             ids = list(conn.execute(select(Image.id)).scalars())
-            _tombstone(conn, ids, seq)
+            write_tombstones(conn, ids, seq)
             conn.execute(delete(ClassifyRun))
             conn.execute(delete(Vector))
             conn.execute(delete(ImageSource))
@@ -247,10 +243,8 @@ class Catalog:
 
     def write_batch(self, source_id: int, records: Iterable[ImageRecord]) -> int:
         """Insert or update a batch of images and their vectors in one transaction, and
-        link them to `source_id` (an image another source holds keeps that link too).
-
-        Plain SQL through executemany: building SQLAlchemy statements row by row cost
-        more than the tiny model's whole forward pass.
+        link them to `source_id` (an image another source holds keeps that link too);
+        the rows it writes: storage/catalog_write.py.
         """
         records = list(records)
         if not records:
@@ -258,54 +252,7 @@ class Catalog:
         now = time.time()
         with write(self) as conn:
             seq = bump_seq(conn)
-            conn.exec_driver_sql(
-                _UPSERT_IMAGE,
-                [
-                    (
-                        source_id,
-                        r.uri,
-                        os.path.dirname(r.uri),
-                        r.size,
-                        r.mtime_ns,
-                        r.width,
-                        r.height,
-                        r.format,
-                        r.fingerprint,
-                        "ok" if r.ok else "failed",
-                        r.error,
-                        seq,
-                        now,
-                        r.decode if r.ok else None,
-                    )
-                    for r in records
-                ],
-            )
-            uris = [r.uri for r in records]
-            marks = ",".join("?" * len(uris))
-            ids = dict(
-                conn.exec_driver_sql(
-                    f"SELECT uri, id FROM images WHERE uri IN ({marks})", tuple(uris)
-                ).all()
-            )
-            conn.exec_driver_sql(
-                "INSERT OR IGNORE INTO image_sources (image_id, source_id) VALUES (?, ?)",
-                [(ids[u], source_id) for u in uris],
-            )
-            # Labels describe the old content of a rewritten image.
-            conn.exec_driver_sql(
-                "DELETE FROM assignments WHERE image_id = ?", [(ids[u],) for u in uris]
-            )
-            ok = [r for r in records if r.ok]
-            if ok:
-                conn.exec_driver_sql(
-                    "INSERT INTO vectors (image_id, vector) VALUES (?, ?) "
-                    "ON CONFLICT (image_id) DO UPDATE SET vector = excluded.vector",
-                    [(ids[r.uri], np.ascontiguousarray(r.vector, "<f4").tobytes()) for r in ok],
-                )
-            write_meta(conn, [(ids[r.uri], r.meta if r.ok else None) for r in records])
-            failed = [(ids[r.uri],) for r in records if not r.ok]
-            if failed:
-                conn.exec_driver_sql("DELETE FROM vectors WHERE image_id = ?", failed)
+            write_records(conn, source_id, records, seq, now)
             return seq
 
     def delete_images(self, ids: list[int]) -> int:
@@ -318,7 +265,7 @@ class Catalog:
                 chunk = ids[start : start + 500]
                 conn.execute(delete(Vector).where(Vector.image_id.in_(chunk)))
                 conn.execute(delete(Image).where(Image.id.in_(chunk)))
-                _tombstone(conn, chunk, seq)
+                write_tombstones(conn, chunk, seq)
             return seq
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
@@ -432,24 +379,3 @@ class Catalog:
         if identity is None:
             raise CatalogError("the index has no model yet; index some images first")
         return identity.dim
-
-
-_UPSERT_IMAGE = """
-INSERT INTO images (source_id, uri, folder, size, mtime_ns, width, height, format, fingerprint,
-                    status, error, seq, indexed_at, decode)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (uri) DO UPDATE SET
-    folder = excluded.folder, size = excluded.size,
-    mtime_ns = excluded.mtime_ns, width = excluded.width, height = excluded.height,
-    format = excluded.format, fingerprint = excluded.fingerprint, status = excluded.status,
-    error = excluded.error, seq = excluded.seq, indexed_at = excluded.indexed_at,
-    decode = excluded.decode
-"""
-
-
-def _tombstone(conn: Connection, ids: list[int], seq: int) -> None:
-    if ids:
-        statement = sqlite_insert(Tombstone).on_conflict_do_update(
-            index_elements=["image_id"], set_={"seq": seq}
-        )
-        conn.execute(statement, [{"image_id": i, "seq": seq} for i in ids])

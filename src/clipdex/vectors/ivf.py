@@ -7,9 +7,9 @@ removal and reconstruction work by id.
 
 Until it holds enough vectors to train (39 per list), a store keeps them in an exact flat
 index and says why (`reason`). It trains when rebuilt or saved (`prepare`), on a sample of
-the vectors it holds (the catalog's: nothing is re-embedded), then nprobe is chosen by measurement: the smallest whose
-recall@10 against exact search, on held-out stored vectors used as queries, reaches
-`target_recall`. nprobe travels with each search (`SearchParametersIVF`), never set on the
+the vectors it holds (the catalog's: nothing is re-embedded), then nprobe is chosen by
+measurement (vectors/ivf_tuning.py): the smallest whose recall@10 against exact search,
+on held-out stored vectors used as queries, reaches `target_recall`. nprobe travels with each search (`SearchParametersIVF`), never set on the
 shared index. A filter small against the index is answered by an exact scan of the
 filtered vectors, so search within a filter is exact.
 """
@@ -22,7 +22,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from clipdex.vectors import ivf_tuning
 from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind, as_ids, as_matrix
+from clipdex.vectors.ivf_tuning import SAMPLE_PER_LIST, TRAIN_MAX, TUNING_QUERIES
 
 #: Recall@10 against exact search that nprobe is tuned to reach, unless asked otherwise.
 DEFAULT_TARGET_RECALL = 0.95
@@ -31,20 +33,6 @@ POINTS_PER_LIST = 39
 #: The fewest lists worth an IVF; fewer vectors than 39 x this stay flat.
 MIN_NLIST = 8
 MAX_NLIST = 65536
-#: Vectors sampled to train on, per list (FAISS uses at most 256 a centroid), and at most
-#: TRAIN_MAX (or 39 a list when that is more): k-means over 1M x 512 would take an hour here.
-SAMPLE_PER_LIST = 256
-TRAIN_MAX = 100_000
-#: k-means iterations: FAISS's 25 up to TRAIN_MAX points, 10 above (minutes, not tens).
-KMEANS_ITERATIONS = (25, 10)
-#: Retrain when the store holds this many times the vectors it was trained on.
-RETRAIN_GROWTH = 4.0
-#: Measure recall again after the store grew by this factor since the last measurement.
-REMEASURE_GROWTH = 1.25
-#: Stored vectors used as queries when recall is measured again (against a full probe).
-REMEASURE_QUERIES = 100
-#: Held-out stored vectors used as queries to tune nprobe.
-TUNING_QUERIES = 200
 #: A filter of at most this many ids, or this fraction of the store, is scanned exactly.
 EXACT_FILTER_IDS = 4096
 EXACT_FILTER_FRACTION = 0.05
@@ -218,11 +206,9 @@ class IVFStore:
         """Train on a sample of the vectors held, move them into the IVF, tune nprobe.
 
         Held-out vectors (not in the training sample) are the tuning queries."""
-        import faiss
-
         if self.trained:
             return
-        ids, vectors = self.ids().copy(), self._held_vectors()
+        ids, vectors = self.ids().copy(), ivf_tuning.held_vectors(self)
         n = len(ids)
         rng = np.random.default_rng(seed)
         order = rng.permutation(n)
@@ -234,18 +220,8 @@ class IVFStore:
             return
         cap = max(TRAIN_MAX, POINTS_PER_LIST * nlist)
         sample = np.sort(pool[: min(len(pool), nlist * SAMPLE_PER_LIST, cap)])
-        ivf = faiss.index_factory(
-            self.dim, self.factory(self.dim, nlist), faiss.METRIC_INNER_PRODUCT
-        )
-        ivf.cp.verbose = False
-        ivf.cp.niter = KMEANS_ITERATIONS[len(sample) > TRAIN_MAX // 2]
-        ivf.train(np.ascontiguousarray(vectors[sample]))
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-        for start in range(0, n, DEFAULT_CHUNK):
-            ivf.add_with_ids(
-                vectors[start : start + DEFAULT_CHUNK], ids[start : start + DEFAULT_CHUNK]
-            )
-        truth = _exact_top(vectors, ids, vectors[queries], ids[queries], 10)
+        ivf = ivf_tuning.fit_ivf(self.dim, self.factory(self.dim, nlist), vectors, ids, sample)
+        truth = ivf_tuning.exact_top(vectors, ids, vectors[queries], ids[queries], 10)
         query_vectors, query_ids = vectors[queries].copy(), ids[queries]
         self.index = ivf  # the flat index (and the view `vectors` of it) goes
         self.reason = ""
@@ -254,100 +230,23 @@ class IVFStore:
         self.trained_on = self.measured_on = n
         self.trained_recall = self.recall
 
-    def _held_vectors(self) -> np.ndarray:
-        """Every held vector in `ids()` order: a view of an untrained (flat) index's own
-        storage, so training 1M x 512 does not hold a second 2 GB copy."""
-        import faiss
-
-        flat = faiss.downcast_index(self.index.index)
-        if isinstance(flat, faiss.IndexFlat) and self.ntotal:
-            size = self.ntotal * self.dim
-            return faiss.rev_swig_ptr(flat.get_xb(), size).reshape(-1, self.dim)
-        return self.reconstruct(self.ids())
-
-    # -- retraining --------------------------------------------------------------------------
+    # -- retraining and tuning (vectors/ivf_tuning.py) -----------------------------------
 
     def retrain_reason(self) -> str | None:
-        """Why this trained store should be retrained from the stored vectors, or None: the
-        collection grew RETRAIN_GROWTH times past its training, or recall measured again
-        (after REMEASURE_GROWTH) fell below the target that training had reached."""
-        if not self.trained:
-            return None
-        if self.trained_on and self.ntotal >= RETRAIN_GROWTH * self.trained_on:
-            return f"grew from {self.trained_on:,} to {self.ntotal:,} vectors since training"
-        if self.ntotal >= REMEASURE_GROWTH * max(self.measured_on, 1):
-            self.remeasure()
-        reached = self.trained_recall is None or self.trained_recall >= self.target_recall
-        if self.recall is not None and self.recall < self.target_recall and reached:
-            return f"recall@10 fell to {self.recall:.3f}, below the target {self.target_recall}"
-        return None
+        """Why this trained store should be retrained, or None (ivf_tuning.retrain_reason)."""
+        return ivf_tuning.retrain_reason(self)
 
     def remeasure(self, seed: int = 0) -> float | None:
-        """Recall@10 at the tuned nprobe against a full probe of every list (exact for
-        Flat codes), stored vectors as queries; kept as `recall`."""
-        ids = self.ids()
-        if len(ids) < 2:
-            return self.recall
-        picked = np.random.default_rng(seed).choice(
-            ids, size=min(REMEASURE_QUERIES, len(ids)), replace=False
-        )
-        queries = self.reconstruct(picked)
-        _, full = self.search(queries, 11, nprobe=int(self.index.nlist))
-        _, found = self.search(queries, 11)
-        hits = total = 0
-        for want, got, own in zip(full, found, picked, strict=True):
-            want = [i for i in want.tolist() if i != own and i >= 0][:10]
-            got = [i for i in got.tolist() if i != own and i >= 0][:10]
-            hits, total = hits + len(set(want) & set(got)), total + len(want)
-        self.recall = hits / total if total else 1.0
-        self.measured_on = self.ntotal
-        self.dirty = True
-        return self.recall
+        """Recall@10 at the tuned nprobe, measured again (ivf_tuning.remeasure)."""
+        return ivf_tuning.remeasure(self, seed)
 
     def tune(self, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> None:
-        """The smallest nprobe whose recall@10 (the query's own id left out) reaches the
-        target; the measured recall is kept (below the target only if no nprobe reaches it)."""
-        nlist = int(self.index.nlist)
-        candidates = sorted({min(nlist, p) for p in _probe_ladder(nlist)})
-        best = (candidates[-1], 0.0)
-        for nprobe in candidates:
-            _, found = self.search(queries, truth.shape[1] + 1, nprobe=nprobe)
-            recall = _recall(found, query_ids, truth)
-            if recall >= self.target_recall:
-                best = (nprobe, recall)
-                break
-            if recall > best[1]:
-                best = (nprobe, recall)
-        self.nprobe, self.recall = best
-        self.index.nprobe = self.nprobe  # the default saved in the file; searches pass their own
-        self.dirty = True
+        """The smallest nprobe reaching the target on image queries (ivf_tuning.tune)."""
+        ivf_tuning.tune(self, queries, query_ids, truth)
 
     def tune_text(self, queries: np.ndarray) -> None:
-        """Tune on text vectors too (labels, past queries: not image vectors, the modality
-        gap): nprobe becomes the smallest at or above the image-tuned one whose recall@10 on
-        `queries` (against a full probe of every list) reaches the target; that recall is
-        kept as `text_recall`."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if not self.trained or len(queries) == 0:
-            return
-        queries = queries[:TUNING_QUERIES]
-        nlist = int(self.index.nlist)
-        _, truth = self.search(queries, 10, nprobe=nlist)
-        own = np.full(len(queries), -2, np.int64)  # no query is a stored vector
-        candidates = sorted({min(nlist, p) for p in _probe_ladder(nlist) if p >= self.nprobe})
-        best = (candidates[-1], 0.0)
-        for nprobe in candidates:
-            _, found = self.search(queries, 10, nprobe=nprobe)
-            recall = _recall(found, own, truth)
-            if recall >= self.target_recall:
-                best = (nprobe, recall)
-                break
-            if recall > best[1]:
-                best = (nprobe, recall)
-        self.nprobe, self.text_recall = best
-        self.text_queries = len(queries)
-        self.index.nprobe = self.nprobe
-        self.dirty = True
+        """Tune on text query vectors too (ivf_tuning.tune_text)."""
+        ivf_tuning.tune_text(self, queries)
 
     # -- search ----------------------------------------------------------------------------
 
@@ -407,32 +306,11 @@ class IVFStore:
     # -- files -----------------------------------------------------------------------------
 
     def sidecar(self) -> dict[str, Any]:
-        """What the sidecar records besides type, dim, seq and ntotal."""
-        return {
-            "target_recall": self.target_recall,
-            "recall": self.recall,
-            "reason": self.reason,
-            "trained_on": self.trained_on,
-            "measured_on": self.measured_on,
-            "trained_recall": self.trained_recall,
-            "retrained": self.retrained,
-            "text_recall": self.text_recall,
-            "text_queries": self.text_queries,
-        }
+        """What the sidecar records besides type, dim, seq and ntotal: the tuning record."""
+        return ivf_tuning.tuning_record(self)
 
     def load_sidecar(self, data: dict[str, Any]) -> None:
-        recall, target = data.get("recall"), data.get("target_recall")
-        self.recall = float(recall) if isinstance(recall, (int, float)) else None
-        if isinstance(target, (int, float)) and 0 < target <= 1:
-            self.target_recall = float(target)
-        for name in ("trained_on", "measured_on", "text_queries"):
-            value = data.get(name)
-            if type(value) is int and value > 0:
-                setattr(self, name, value)
-        for name in ("trained_recall", "text_recall"):
-            value = data.get(name)
-            setattr(self, name, float(value) if isinstance(value, (int, float)) else None)
-        self.retrained = str(data.get("retrained") or "")
+        ivf_tuning.load_tuning_record(self, data)
 
     def detach(self) -> None:
         """Copy a memory-mapped (read-only) index into memory, so it can change."""
@@ -513,32 +391,3 @@ class IVFPQStore(IVFStore):
         import faiss
 
         return isinstance(ivf, faiss.IndexIVFPQ)
-
-
-def _probe_ladder(nlist: int) -> list[int]:
-    ladder, p = [], 1
-    while p < nlist:
-        ladder += [p, p + p // 2] if p >= 2 else [p]
-        p *= 2
-    return [*ladder, nlist]
-
-
-def _exact_top(vectors, ids, queries, query_ids, k: int) -> np.ndarray:
-    """Exact top-k ids per query, the query's own id left out."""
-    out = np.empty((len(queries), k), np.int64)
-    for start in range(0, len(queries), 64):
-        s = queries[start : start + 64] @ vectors.T
-        s[ids[None, :] == query_ids[start : start + 64, None]] = -np.inf
-        top = np.argpartition(-s, k, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(s, top, 1), axis=1)
-        out[start : start + 64] = ids[np.take_along_axis(top, order, 1)]
-    return out
-
-
-def _recall(found: np.ndarray, query_ids: np.ndarray, truth: np.ndarray) -> float:
-    k = truth.shape[1]
-    hits = 0
-    for row, own, want in zip(found, query_ids, truth, strict=True):
-        got = [i for i in row.tolist() if i != own and i >= 0][:k]
-        hits += len(set(got) & set(want.tolist()))
-    return hits / truth.size if truth.size else 1.0
