@@ -2,6 +2,7 @@
 
     python scripts/bench_serve.py                 # 100,000 vectors, ViT-B-32-256 random weights
     python scripts/bench_serve.py --tiny          # seconds: clipdex-tiny, 3,000 vectors
+    python scripts/bench_serve.py --text-paths tower,full --modes batched --kind auto
 
 An index of synthetic vectors (scripts/_synthetic.py; the catalog records the model
 served, so text queries go through its real text tower) is served by a `clipdex serve`
@@ -9,6 +10,11 @@ process on 127.0.0.1, once with micro-batching and once with --no-batching. An a
 httpx load generator runs 1, 8, 32 and 128 concurrent clients of text queries (distinct
 texts, k=20), then thumbnail requests (made on demand from real JPEGs behind the first
 ids: a cold pass, then cached). Reported: p50/p99 latency, queries/s, errors.
+
+`--text-paths tower,full` serves the same index once per way of encoding text queries
+(the text tower's shorter pass, the default, or the whole open_clip model: `serve
+--text-path`), side by side; `--kind` picks the vector store (`auto`: what a new index of
+this size gets, vectors/auto.py).
 """
 
 from __future__ import annotations
@@ -56,13 +62,14 @@ def write_photos(root: Path, count: int) -> None:
 class Server:
     """`clipdex serve` in a child process, ready when /readyz says so."""
 
-    def __init__(self, index: Path, batching: bool):
+    def __init__(self, index: Path, batching: bool, text_path: str = "tower"):
         import httpx
 
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "clipdex", "serve", "--index", str(index)]
         command += ["--port", str(self.port)] + ([] if batching else ["--no-batching"])
+        command += ["--text-path", text_path]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 300
@@ -138,6 +145,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256, help="text queries per level")
     parser.add_argument("--photos", type=int, default=64, help="real images for thumbnails")
     parser.add_argument("--tiny", action="store_true", help="seconds: clipdex-tiny, 3,000")
+    parser.add_argument("--text-paths", default="tower", help="tower,full: side by side")
+    parser.add_argument("--modes", default="batched,unbatched", help="batched,unbatched")
+    parser.add_argument("--kind", default="flat", help="vector store: flat, ivf, auto, ...")
     args = parser.parse_args()
     if args.tiny:
         args.n, args.model, args.requests, args.photos = 3000, "clipdex-tiny", 64, 8
@@ -147,14 +157,22 @@ def main() -> None:
     dim = DIMS.get(args.model, 512)
     identity = ModelIdentity(args.model, RANDOM_WEIGHTS, dim)
     levels = [int(x) for x in args.levels.split(",")]
+    kind = args.kind
+    if kind == "auto":
+        from clipdex.vectors.auto import choose
+
+        kind = choose(args.n, dim).kind
+    configs = [
+        (path, mode) for path in args.text_paths.split(",") for mode in args.modes.split(",")
+    ]
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         photos, index = Path(tmp) / "photos", Path(tmp) / "index"
         write_photos(photos, args.photos)
         index.mkdir()
         started = time.perf_counter()
-        build_index(index, clustered(args.n, dim), identity, root=str(photos))
+        build_index(index, clustered(args.n, dim), identity, kind=kind, root=str(photos))
         print(
-            f"n={args.n:,} model={args.model} (random weights, {dim}-d) flat index built in "
+            f"n={args.n:,} model={args.model} (random weights, {dim}-d) {kind} index built in "
             f"{time.perf_counter() - started:.1f} s; {os.cpu_count()} cores; "
             f"{args.requests} text queries (k=20) per level"
         )
@@ -164,9 +182,10 @@ def main() -> None:
         )
         rates: dict[tuple[str, int], float] = {}
         total_errors = 0
-        for batching in (True, False):
-            mode = "batched" if batching else "unbatched"
-            server = Server(index, batching)
+        for number, (path, batching_mode) in enumerate(configs):
+            batching = batching_mode == "batched"
+            mode = f"{path} {batching_mode}"
+            server = Server(index, batching, path)
             try:
                 asyncio.run(load(server.base, 1, 8, text_path))  # warm up
                 for clients in levels:
@@ -174,7 +193,7 @@ def main() -> None:
                     lat, errors, s = asyncio.run(load(server.base, clients, requests, text_path))
                     rates[mode, clients] = row(f"text {mode}", clients, lat, errors, s)
                     total_errors += errors
-                if batching:
+                if number == 0:
                     ids = args.photos
                     thumb = functools.partial(thumb_path, ids=ids)
 
@@ -188,16 +207,17 @@ def main() -> None:
             finally:
                 server.stop()
         high = 32 if 32 in levels else levels[-1]
-        for mode in ("batched", "unbatched"):
+        for mode in (f"{path} {batching_mode}" for path, batching_mode in configs):
             one, many = rates.get((mode, 1)), rates.get((mode, high))
             if one and many:
                 print(
                     f"{mode}: {many:.1f} queries/s at {high} clients = {many / one:.2f}x "
                     f"the one-client rate ({one:.1f})"
                 )
-        if ("batched", high) in rates and ("unbatched", high) in rates:
-            gain = rates["batched", high] / rates["unbatched", high]
-            print(f"batching at {high} clients: {gain:.2f}x the unbatched rate")
+        for path in args.text_paths.split(","):
+            if (f"{path} batched", high) in rates and (f"{path} unbatched", high) in rates:
+                gain = rates[f"{path} batched", high] / rates[f"{path} unbatched", high]
+                print(f"batching ({path}) at {high} clients: {gain:.2f}x the unbatched rate")
         print(f"errors: {total_errors}")
 
 
