@@ -3,6 +3,7 @@
     python scripts/bench_serve.py                 # 100,000 vectors, ViT-B-32-256 random weights
     python scripts/bench_serve.py --tiny          # seconds: clipdex-tiny, 3,000 vectors
     python scripts/bench_serve.py --text-paths tower,full --modes batched --kind auto
+    python scripts/bench_serve.py --encode-only   # in process: full model vs text tower
 
 An index of synthetic vectors (scripts/_synthetic.py; the catalog records the model
 served, so text queries go through its real text tower) is served by a `clipdex serve`
@@ -137,6 +138,35 @@ def row(name: str, clients: int, latencies: list[float], errors: int, elapsed: f
     return rate
 
 
+def encode_only(identity, precision: str, repeats: int = 5) -> None:
+    """In this process: one text, and a batch of 32 texts of different lengths, through the
+    whole model's text path and the text tower's shorter pass (the same weights)."""
+    from clipdex.models.open_clip import Embedder
+    from clipdex.models.spec import spec_for
+    from clipdex.models.text_tower import text_tower_of
+
+    full = Embedder(spec_for(identity), "cpu", precision)
+    tower = text_tower_of(full)
+    texts = [text_path(i).split("q=")[1].replace("+", " ") + " here" * (i % 9) for i in range(32)]
+    gap = float(np.abs(full.encode_texts(texts) - tower.encode_texts(texts)).max())
+    singly = np.concatenate([tower.encode_texts([text]) for text in texts])
+    same = float(np.abs(tower.encode_texts(texts) - singly).max())
+    print(f"encode in process ({full.precision}); tower vs full max |diff| {gap:.1e}, ", end="")
+    print(f"tower batch vs one by one {same:.1e}")
+    for name, model in (("full", full), ("tower", tower)):
+        model.encode_texts(["warm up"])
+        started = time.perf_counter()
+        for i in range(repeats):
+            model.encode_texts([texts[i]])
+        one = (time.perf_counter() - started) / repeats * 1000
+        started = time.perf_counter()
+        model.encode_texts(texts)
+        batch = (time.perf_counter() - started) * 1000
+        print(
+            f"{name:6} one text {one:7.1f} ms   batch of 32 {batch:7.1f} ms ({batch / 32:.1f}/text)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000, help="vectors in the index")
@@ -148,6 +178,8 @@ def main() -> None:
     parser.add_argument("--text-paths", default="tower", help="tower,full: side by side")
     parser.add_argument("--modes", default="batched,unbatched", help="batched,unbatched")
     parser.add_argument("--kind", default="flat", help="vector store: flat, ivf, auto, ...")
+    parser.add_argument("--encode-only", action="store_true", help="in process: full vs tower")
+    parser.add_argument("--precision", default="auto", help="of --encode-only")
     args = parser.parse_args()
     if args.tiny:
         args.n, args.model, args.requests, args.photos = 3000, "clipdex-tiny", 64, 8
@@ -156,6 +188,9 @@ def main() -> None:
 
     dim = DIMS.get(args.model, 512)
     identity = ModelIdentity(args.model, RANDOM_WEIGHTS, dim)
+    if args.encode_only:
+        encode_only(identity, args.precision)
+        return
     levels = [int(x) for x in args.levels.split(",")]
     kind = args.kind
     if kind == "auto":
