@@ -155,7 +155,9 @@ def encode_only(identity, precision: str, repeats: int = 5) -> None:
     same = float(np.abs(tower.encode_texts(texts) - singly).max())
     print(f"encode in process ({full.precision}); tower vs full max |diff| {gap:.1e}, ", end="")
     print(f"tower batch vs one by one {same:.1e}")
-    for name, model in (("full", full), ("tower", tower)):
+    tower32 = text_tower_of(full, "fp32")
+    models = [("full", full), (f"tower {tower.precision}", tower), ("tower fp32", tower32)]
+    for name, model in models[:2] if full.precision == "fp32" else models:
         model.encode_texts(["warm up"])
         started = time.perf_counter()
         for i in range(repeats):

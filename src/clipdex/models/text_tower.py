@@ -13,9 +13,10 @@ from clipdex.models.open_clip import Embedder
 from clipdex.models.text_encoder import TextEncoder, model_config, text_net_kwargs
 
 
-def text_tower_of(embedder: Embedder) -> TextEncoder | None:
+def text_tower_of(embedder: Embedder, precision: str | None = None) -> TextEncoder | None:
     """A TextEncoder over `embedder`'s text weights (shared, not copied), or None when its
-    text tower is not the plain one TextNet builds (the caller keeps the Embedder)."""
+    text tower is not the plain one TextNet builds (the caller keeps the Embedder).
+    `precision`: "fp32" or "bf16" (autocast) for the tower; default the Embedder's."""
     import torch
 
     if embedder.precision == "fp16":
@@ -42,6 +43,5 @@ def text_tower_of(embedder: Embedder) -> TextEncoder | None:
         return None
     net.load_state_dict(state, strict=True, assign=True)
     net = net.to(embedder.device).eval()
-    return TextEncoder(
-        net, embedder.tokenizer, embedder.identity, embedder.device, embedder.precision
-    )
+    precision = precision or embedder.precision
+    return TextEncoder(net, embedder.tokenizer, embedder.identity, embedder.device, precision)
