@@ -68,11 +68,12 @@ class CountingModel:
         return self.inner.encode_texts(texts)
 
 
+@pytest.mark.slow  # builds a tiny index (~3 s)
 def test_cached_vectors_skip_the_model_and_the_catalog_is_never_written(tmp_path, embedder):
     folder = build_index(tmp_path, count=4, thumbnails=False)
     catalog = Catalog(folder)
     identity = catalog.model_identity()
-    model = CountingModel(text_tower_of(Embedder(ModelSpec("clipdex-tiny"), "cpu", "fp32")))
+    model = CountingModel(text_tower_of(embedder))
     assert model.identity == identity
     stored = np.zeros(identity.dim, dtype=np.float32)
     stored[0] = 1.0
