@@ -30,8 +30,8 @@ EXPECTED = {
     r"min cosine (1\.0+|0\.9999)",
     "train_demo_model.py": r"zero-shot top-1 over 48 labels: seen [\d.]+%",
     "screenshot.py": r"screenshot .*: \d+x\d+ px, \d+ KB; \d+\+? results? for",
-    "bench_serve.py": r"text batched +1 (.|\n)*thumbnails \(cached\)(.|\n)*"
-    r"text unbatched +128 (.|\n)*errors: 0",
+    "bench_serve.py": r"text tower batched +1 (.|\n)*thumbnails \(cached\)(.|\n)*"
+    r"text tower unbatched +128 (.|\n)*errors: 0",
     "bench_exchange.py": r"import clip-retrieval: [\d,]+ vectors/s(.|\n)*export parquet: [\d,]+ "
     r"vectors/s(.|\n)*export clip-retrieval(.|\n)*FAISS files identical: True",
     "bench_scale.py": r"write_batch, 32 rows a transaction: [\d,]+ rows/s(.|\n)*bulk import(.|\n)*"

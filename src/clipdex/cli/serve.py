@@ -82,10 +82,26 @@ def serve(index_dir: Path, host: str, port: int, options: ServerOptions) -> None
     is_flag=True,
     help="Answer each text query alone instead of batching concurrent ones.",
 )
+@click.option(
+    "--text-path",
+    type=click.Choice(["tower", "full"]),
+    default="tower",
+    hidden=True,
+    help="Encode text queries with the short text-tower pass, or the whole model (benchmarks).",
+)
 @runtime_options
 @handle_errors
 def serve_command(
-    index_dir, host, port, token_file, no_auth, cors_origin, no_batching, device, precision
+    index_dir,
+    host,
+    port,
+    token_file,
+    no_auth,
+    cors_origin,
+    no_batching,
+    text_path,
+    device,
+    precision,
 ) -> None:
     """Serve an index: a search page and a JSON API (OpenAPI at /docs).
 
@@ -109,6 +125,7 @@ def serve_command(
         device=device,
         precision=precision,
         batching=not no_batching,
+        text_tower=text_path == "tower",
         cors_origin=cors_origin,
     )
     serve(index_dir, host, port, options)

@@ -21,6 +21,11 @@ class ServerOptions:
     batching: bool = True
     batch_window_ms: float = 2.0
     max_batch: int = 64
+    #: Encode text queries with the text tower's shorter pass (models/text_tower.py);
+    #: False: the whole model's text path (open_clip, all 77 positions).
+    text_tower: bool = True
+    #: Text-query vectors kept in memory (least recently used go first); 0: none.
+    query_cache_entries: int = 4096
     max_upload_bytes: int = 20 * 1024 * 1024
     #: Pixels an uploaded image may have (checked from its header, before decoding).
     max_upload_pixels: int = 50_000_000

@@ -17,8 +17,11 @@ from clipdex.media.decode import load_image, sniff_format
 from clipdex.media.thumbnails import thumbnail_format, thumbnail_from_bytes
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import spec_for
+from clipdex.models.text_encoder import TextEncoder
+from clipdex.models.text_tower import text_tower_of
 from clipdex.search.results import SearchResult
 from clipdex.server.options import ServerOptions
+from clipdex.server.text_queries import TextQueryVectors
 from clipdex.storage.image_info import ImageDetails, image_details, run_labels
 from clipdex.storage.thumbs import ThumbnailStore
 from clipdex.types import LabelSet
@@ -38,6 +41,9 @@ class ServerState:
         self.thumbs = ThumbnailStore(self.folder)
         self.started = time.time()
         self.model: Embedder | None = None
+        #: What encodes text queries: the model's text tower (its shorter pass), or the model.
+        self.text_model: TextEncoder | Embedder | None = None
+        self.text_vectors = TextQueryVectors(options.query_cache_entries)
         self.model_error: str | None = None
         self._stop = threading.Event()
         self._loader: threading.Thread | None = None
@@ -73,11 +79,14 @@ class ServerState:
             raise CatalogError("the index has no model yet; index some images first")
         options = self.options
         model = Embedder(spec_for(identity), options.device, options.precision)
-        model.encode_texts(["warm up"])  # the first forward pass is the slowest
+        tower = text_tower_of(model) if options.text_tower else None
+        text_model = tower or model
+        text_model.encode_texts(["warm up"])  # the first forward pass is the slowest
         index = Index(
             self.folder, device=options.device, precision=options.precision, loaded_model=model
         )
         index.embedder()  # the identity check: the weights must be the index's own
+        self.text_model = text_model
         self.index, self.model, self.model_error = index, model, None
 
     def embedder(self) -> Embedder:
@@ -100,7 +109,13 @@ class ServerState:
     # -- queries ---------------------------------------------------------------------------
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return self.embedder().encode_texts(texts)
+        """Unit vectors of query texts: cached, else one pass of the text tower (the
+        model's own weights, so the vectors are the model's; server/text_queries.py)."""
+        model = self.embedder()
+        text_model = self.text_model
+        if text_model is None or text_model.identity != model.identity:
+            text_model = model
+        return self.text_vectors.vectors(text_model, texts, lambda: self.index.catalog)
 
     def search_vectors(
         self, queries: np.ndarray, k: int, label: str | None

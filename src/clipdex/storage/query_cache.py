@@ -41,11 +41,12 @@ def query_key(identity: ModelIdentity, text: str) -> str:
 class QueryCache:
     """The catalog's cached query vectors (see the module)."""
 
-    def __init__(self, catalog: Catalog, max_rows: int = MAX_ROWS):
+    def __init__(self, catalog: Catalog, max_rows: int = MAX_ROWS, *, write: bool = True):
+        """With `write=False` the cache is only read (a server: no write lock taken)."""
         self.catalog = catalog
         self.max_rows = max_rows
         self.readable = catalog.schema_version >= SCHEMA
-        self.writable = self.readable and not catalog.read_only
+        self.writable = write and self.readable and not catalog.read_only
 
     def get(self, identity: ModelIdentity, text: str) -> np.ndarray | None:
         """The cached vector of `text` under `identity`, or None; a hit is marked used."""
