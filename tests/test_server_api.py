@@ -69,11 +69,14 @@ def test_offset_pages_through_the_same_ranking(served):
 
 def test_min_score_and_label_filter(served):
     client, index, _ = served
-    everything = index.search("green", k=36)
-    cut = everything[len(everything) // 2].score
+    scores = [hit.score for hit in index.search("green", k=36)]
+    # cut in the widest gap of the middle half, so float noise between the server's text
+    # path and the library's cannot move a row across it
+    m = max(range(len(scores) // 4, 3 * len(scores) // 4), key=lambda i: scores[i - 1] - scores[i])
+    cut = (scores[m - 1] + scores[m]) / 2
     kept = client.get("/api/v1/search", params={"q": "green", "k": 36, "min_score": cut}).json()
-    assert all(row["score"] >= cut - 1e-6 for row in kept["results"])
-    assert len(kept["results"]) == sum(hit.score >= cut for hit in everything)
+    assert all(row["score"] >= cut for row in kept["results"])
+    assert len(kept["results"]) == m
     label = top_label(client)
     labelled = ids(client.get("/api/v1/search", params={"q": "x", "k": 36, "label": label}))
     assert labelled and labelled == [hit.id for hit in index.search("x", k=36, label=label)]
