@@ -57,6 +57,8 @@ class Term:
             raise QueryError(
                 f"a stored image is named by its id (a whole number), not {self.value!r}"
             )
+        if self.kind == "like" and not -(2**63) <= self.value < 2**63:  # SQLite's integers
+            raise QueryError(f"no indexed image has id {self.value} (deleted, failed or unknown)")
 
     @classmethod
     def text(cls, value: str, weight: float = 1.0) -> Term:
