@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 import clipdex.api.models as api_models
+import clipdex.storage.query_cache as query_cache
 from clipdex.api import Index
 from clipdex.errors import ModelMismatchError
 from clipdex.models.spec import ModelSpec
 from clipdex.storage.catalog import Catalog
+from clipdex.storage.lock import WriterLock
 from clipdex.storage.query_cache import QueryCache, query_key
 from clipdex.types import ModelIdentity
 from conftest import make_images
@@ -50,7 +52,8 @@ def test_a_repeated_query_gives_the_same_results_without_the_model(indexed, monk
     assert [(h.id, h.score) for h in again] == [(h.id, h.score) for h in first]
 
 
-def test_the_cache_keeps_the_most_recently_used_rows(indexed):
+def test_the_cache_keeps_the_most_recently_used_rows(indexed, monkeypatch):
+    monkeypatch.setattr(query_cache, "MARK_USED_AFTER_S", -1.0)  # every hit marks its row
     catalog = Catalog(indexed)
     try:
         cache = QueryCache(catalog, max_rows=3)
@@ -64,6 +67,34 @@ def test_the_cache_keeps_the_most_recently_used_rows(indexed):
             np.testing.assert_array_equal(cache.get(A, text), np.full(4, int(text[1]), np.float32))
         # another model (another checkpoint) never sees these vectors
         assert cache.get(B, "q0") is None and query_key(A, "q0") != query_key(B, "q0")
+    finally:
+        catalog.close()
+
+
+def used_at(catalog: Catalog, text: str) -> float:
+    from sqlalchemy import select
+
+    from clipdex.storage.schema import QueryVector
+
+    with catalog.engine.connect() as conn:
+        key = query_key(A, text)
+        return conn.execute(select(QueryVector.used_at).where(QueryVector.key == key)).scalar()
+
+
+def test_a_hit_never_waits_for_a_running_writer(indexed, monkeypatch):
+    """A cached search marks its row used only when the mark is stale and no writer runs:
+    a search during `clipdex index` must not queue behind the run's write lock."""
+    catalog = Catalog(indexed)
+    try:
+        cache = QueryCache(catalog)
+        cache.put(A, "q", np.ones(4, np.float32))
+        first = used_at(catalog, "q")
+        assert cache.get(A, "q") is not None and used_at(catalog, "q") == first  # fresh: no write
+        monkeypatch.setattr(query_cache, "MARK_USED_AFTER_S", -1.0)  # now every mark is stale
+        with WriterLock(indexed):
+            assert cache.get(A, "q") is not None
+            assert used_at(catalog, "q") == first  # a writer runs: not marked
+        assert cache.get(A, "q") is not None and used_at(catalog, "q") > first
     finally:
         catalog.close()
 

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from clipdex.errors import ClipdexError
 from clipdex.storage.db import write
+from clipdex.storage.lock import is_locked
 from clipdex.storage.schema import QueryVector
 from clipdex.types import ModelIdentity
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_ROWS = 10_000
 #: The first schema with the table.
 SCHEMA = 5
+#: A hit marks its row used at most this often, and never while a writer runs: a search
+#: should not wait for an index run's write lock to bump a timestamp.
+MARK_USED_AFTER_S = 3600.0
 
 
 def query_key(identity: ModelIdentity, text: str) -> str:
@@ -54,13 +58,16 @@ class QueryCache:
             return None
         key = query_key(identity, text)
         with self.catalog.engine.connect() as conn:
-            blob = conn.execute(select(QueryVector.vector).where(QueryVector.key == key)).scalar()
-        if blob is None:
+            row = conn.execute(
+                select(QueryVector.vector, QueryVector.used_at).where(QueryVector.key == key)
+            ).first()
+        if row is None:
             return None
-        vector = np.frombuffer(blob, dtype="<f4")
+        vector = np.frombuffer(row.vector, dtype="<f4")
         if len(vector) != identity.dim:
             return None
-        if self.writable:
+        stale = time.time() - row.used_at > MARK_USED_AFTER_S
+        if self.writable and stale and not is_locked(self.catalog.folder):
             self._write(
                 update(QueryVector).where(QueryVector.key == key).values(used_at=time.time())
             )
