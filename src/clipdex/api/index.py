@@ -186,7 +186,13 @@ class Index:
         )
 
     def search_many(
-        self, queries: np.ndarray, k: int = 10, *, label: str | None = None, model=None
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        label: str | None = None,
+        filters: Filters | None = None,
+        model=None,
     ) -> list[list[SearchResult]]:
         """Nearest images to each row of `queries` (unit vectors), best first, in one
         vector-store search: a server answers concurrent queries together this way.
@@ -195,10 +201,11 @@ class Index:
             queries: (n, dim) float32 unit vectors.
             k: results per query (>= 1).
             label: search only images whose top label it is (as in `search`).
+            filters: photo conditions, as in `search` (none met: empty lists).
             model: the Embedder that made the queries: the index must still hold its
                 vectors (a rebuild with another model meanwhile is refused).
         """
-        return self._searcher.search_many(queries, k, label, model)
+        return self._searcher.search_many(queries, k, label, model, filters)
 
     def duplicates(
         self,

@@ -84,10 +84,12 @@ class Searcher:
         return sort_results([hit for hit in found if hit.id not in skip][:k], sort)
 
     def search_many(
-        self, queries: np.ndarray, k: int, label: str | None, model
+        self, queries: np.ndarray, k: int, label: str | None, model, filters: Filters | None
     ) -> list[list[SearchResult]]:
         """Index.search_many."""
-        among = self.label_candidates(label)
+        among = restrict(self.reader.catalog, self.label_candidates(label), filters)
+        if among is not None and len(among) == 0:
+            return [[] for _ in range(len(queries))]
         with self.lock:
             vectors = self.reader.vectors_of(model) if model is not None else self.reader.vectors
             return search_batch(self.reader.catalog, vectors, queries, k, among)

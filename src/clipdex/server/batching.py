@@ -3,9 +3,9 @@ vector-store search.
 
 Queries wait in a queue; a dispatcher takes what has arrived (waiting up to a short window
 for more, never more than `max_batch`), runs the batch on one worker thread, and meanwhile
-the next batch fills. Per-query parameters (k, min_score, label) travel with each query:
-nothing shared is changed by one. Queries with different label filters share the forward
-pass but are searched per filter.
+the next batch fills. Per-query parameters (k, min_score, label, photo filters) travel
+with each query: nothing shared is changed by one. Queries with different filters share
+the forward pass but are searched per filter.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from clipdex.search.filters import Filters
 from clipdex.search.results import SearchResult
 
 
@@ -27,12 +28,13 @@ class TextQuery:
     text: str
     k: int  # results wanted, offset included
     label: str | None = None
+    filters: Filters | None = None
     future: asyncio.Future = field(default=None, repr=False)  # type: ignore[assignment]
 
 
-#: (texts) -> unit vectors, and (vectors, k, label) -> results per vector.
+#: (texts) -> unit vectors, and (vectors, k, label, filters) -> results per vector.
 Encode = Callable[[list[str]], np.ndarray]
-Search = Callable[[np.ndarray, int, "str | None"], list[list[SearchResult]]]
+Search = Callable[[np.ndarray, int, "str | None", "Filters | None"], list[list[SearchResult]]]
 
 
 class TextBatcher:
@@ -49,12 +51,14 @@ class TextBatcher:
         #: Batch sizes run so far (the benchmark and the tests read them).
         self.sizes: list[int] = []
 
-    async def submit(self, text: str, k: int, label: str | None) -> list[SearchResult]:
+    async def submit(
+        self, text: str, k: int, label: str | None, filters: Filters | None = None
+    ) -> list[SearchResult]:
         loop = asyncio.get_running_loop()
         if self.task is None or self.task.done() or self.task.get_loop() is not loop:
             self.queue = asyncio.Queue()
             self.task = loop.create_task(self._dispatch())
-        query = TextQuery(text, k, label, loop.create_future())
+        query = TextQuery(text, k, label, filters, loop.create_future())
         self.queue.put_nowait(query)
         return await query.future
 
@@ -90,13 +94,13 @@ class TextBatcher:
     def _run(self, batch: list[TextQuery]) -> list:
         vectors = self.encode([query.text for query in batch])
         answers: list = [None] * len(batch)
-        groups: dict[str | None, list[int]] = defaultdict(list)
+        groups: dict[tuple, list[int]] = defaultdict(list)
         for position, query in enumerate(batch):
-            groups[query.label].append(position)
-        for label, positions in groups.items():
+            groups[query.label, query.filters].append(position)
+        for (label, filters), positions in groups.items():
             k = max(batch[p].k for p in positions)
             try:
-                found = self.search(vectors[positions], k, label)
+                found = self.search(vectors[positions], k, label, filters)
             except Exception as exc:
                 for p in positions:
                     answers[p] = exc

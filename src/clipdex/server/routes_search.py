@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.concurrency import run_in_threadpool
 
 from clipdex.errors import ImageDecodeError
+from clipdex.search.filters import Filters
 from clipdex.search.results import SearchResult
 from clipdex.server.options import ServerOptions
 from clipdex.server.schemas import ERRORS, Hit, SearchResponse
@@ -27,6 +28,17 @@ MinScore = Annotated[
 Label = Annotated[
     str | None,
     Query(max_length=500, description="only images whose top label it is (latest run with it)"),
+]
+After = Annotated[
+    str | None,
+    Query(max_length=40, description="taken at or after (a date, or a datetime with offset)"),
+]
+Before = Annotated[str | None, Query(max_length=40, description="taken before (same forms)")]
+Camera = Annotated[
+    str | None, Query(max_length=200, description="camera make and model contain this text")
+]
+NearBy = Annotated[
+    str | None, Query(max_length=100, description="LAT,LON,RADIUS with a unit: 48.85,2.35,25km")
 ]
 Like = Annotated[
     int | None, Query(ge=1, le=MAX_ID, description="more like this stored image (its id)")
@@ -47,9 +59,15 @@ async def search_get(
     min_score: MinScore = None,
     label: Label = None,
     like: Like = None,
+    after: After = None,
+    before: Before = None,
+    camera: Camera = None,
+    near: NearBy = None,
 ) -> SearchResponse:
-    """The images nearest to the text `q`, or (with `like`) to a stored image, best first."""
-    return await answer(request, q, None, k, offset, min_score, label, like)
+    """The images nearest to the text `q`, or (with `like`) to a stored image, best first;
+    photo filters (after, before, camera, near) restrict the candidates before ranking."""
+    where = photo_filters(after, before, camera, near)
+    return await answer(request, q, None, k, offset, min_score, label, like, where)
 
 
 @router.post(
@@ -63,12 +81,26 @@ async def search_post(
     offset: Annotated[int, Form(ge=0, le=LIMITS.max_offset)] = 0,
     min_score: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
     label: Annotated[str | None, Form(max_length=500)] = None,
+    after: Annotated[str | None, Form(max_length=40)] = None,
+    before: Annotated[str | None, Form(max_length=40)] = None,
+    camera: Annotated[str | None, Form(max_length=200)] = None,
+    near: Annotated[str | None, Form(max_length=100)] = None,
 ) -> SearchResponse:
     """The images nearest to an uploaded image; with `q` too, to their normalised mean.
     The server never fetches a URL: image queries are uploads only."""
+    where = photo_filters(after, before, camera, near)
     state = request.app.state.clipdex
     data = await read_upload(image, state.options.max_upload_bytes)
-    return await answer(request, q or None, data, k, offset, min_score, label, None)
+    return await answer(request, q or None, data, k, offset, min_score, label, None, where)
+
+
+def photo_filters(
+    after: str | None, before: str | None, camera: str | None, near: str | None
+) -> Filters | None:
+    """The photo filters asked for, or None; a bad value is a 400 (QueryError)."""
+    if after is None and before is None and camera is None and near is None:
+        return None
+    return Filters(after=after, before=before, camera=camera, near=near)
 
 
 async def answer(
@@ -80,6 +112,7 @@ async def answer(
     min_score: float | None,
     label: str | None,
     like: int | None,
+    where: Filters | None = None,
 ) -> SearchResponse:
     state = request.app.state.clipdex
     if q is not None:
@@ -93,32 +126,38 @@ async def answer(
         if await run_in_threadpool(state.details, like) is None:
             raise HTTPException(404, f"no indexed image has id {like}")
         hits = await run_in_threadpool(
-            lambda: state.index.search(like=like, k=want, min_score=min_score, label=label)
+            lambda: state.index.search(
+                like=like, k=want, min_score=min_score, label=label, filters=where
+            )
         )
     elif image is not None:
-        hits = await run_in_threadpool(_by_image, state, image, q, want, label)
+        hits = await run_in_threadpool(_by_image, state, image, q, want, label, where)
     elif q is not None:
         if state.options.batching:
-            hits = await request.app.state.batcher.submit(q, want, label)
+            hits = await request.app.state.batcher.submit(q, want, label, where)
         else:
-            hits = await run_in_threadpool(_by_text, state, q, want, label)
+            hits = await run_in_threadpool(_by_text, state, q, want, label, where)
     else:
         raise HTTPException(400, "give a query text (q), an image, or a stored image id (like)")
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]
     query = {"q": q, "image": image is not None, "like": like, "label": label}
     query["min_score"] = min_score
+    if where is not None:
+        query.update(after=where.after, before=where.before, camera=where.camera, near=where.near)
     return SearchResponse(
         results=[hit(h) for h in hits[offset : offset + k]], k=k, offset=offset, query=query
     )
 
 
-def _by_text(state, q: str, k: int, label: str | None) -> list[SearchResult]:
+def _by_text(state, q: str, k: int, label: str | None, where: Filters | None) -> list[SearchResult]:
     vectors = state.encode_texts([q])
-    return state.search_vectors(vectors, k, label)[0]
+    return state.search_vectors(vectors, k, label, where)[0]
 
 
-def _by_image(state, data: bytes, q: str | None, k: int, label: str | None) -> list[SearchResult]:
+def _by_image(
+    state, data: bytes, q: str | None, k: int, label: str | None, where: Filters | None
+) -> list[SearchResult]:
     try:
         vector = state.image_vector(data)
     except ImageDecodeError as exc:
@@ -126,4 +165,4 @@ def _by_image(state, data: bytes, q: str | None, k: int, label: str | None) -> l
     if q is not None:
         vector = vector + state.encode_texts([q])[0]
         vector = (vector / np.linalg.norm(vector)).astype(np.float32)
-    return state.search_vectors(vector[None, :], k, label)[0]
+    return state.search_vectors(vector[None, :], k, label, where)[0]

@@ -11,6 +11,10 @@ class Hit(BaseModel):
     score: float = Field(description="cosine similarity, in [-1, 1]")
     width: int | None = None
     height: int | None = None
+    taken_at: str | None = Field(None, description="capture time as the photo wrote it (EXIF)")
+    camera: str | None = None
+    lat: float | None = None
+    lon: float | None = None
     thumbnail_url: str
     image_url: str
 
@@ -19,7 +23,9 @@ class SearchResponse(BaseModel):
     results: list[Hit]
     k: int
     offset: int
-    query: dict = Field(description="the query as understood: q, image, like, label, min_score")
+    query: dict = Field(
+        description="the query as understood: q, image, like, label, min_score, photo filters"
+    )
 
 
 class ImageLabelOut(BaseModel):

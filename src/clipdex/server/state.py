@@ -19,6 +19,7 @@ from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import spec_for
 from clipdex.models.text_encoder import TextEncoder
 from clipdex.models.text_tower import text_tower_of
+from clipdex.search.filters import Filters
 from clipdex.search.results import SearchResult
 from clipdex.server.options import ServerOptions
 from clipdex.server.text_queries import TextQueryVectors
@@ -118,9 +119,9 @@ class ServerState:
         return self.text_vectors.vectors(text_model, texts, lambda: self.index.catalog)
 
     def search_vectors(
-        self, queries: np.ndarray, k: int, label: str | None
+        self, queries: np.ndarray, k: int, label: str | None, filters: Filters | None = None
     ) -> list[list[SearchResult]]:
-        return self.index.search_many(queries, k, label=label, model=self.model)
+        return self.index.search_many(queries, k, label=label, filters=filters, model=self.model)
 
     def decode(self, data: bytes):
         """Uploaded bytes as an upright RGB image (ImageDecodeError if they are not one;
