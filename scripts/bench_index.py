@@ -3,6 +3,13 @@
     python scripts/bench_index.py --model clipdex-tiny --images 2000
     python scripts/bench_index.py --model ViT-B-32-256 --pretrained none --images 300
     python scripts/bench_index.py --tiny       # seconds: checks that it runs
+    python scripts/bench_index.py --model ViT-B-32-256 --pretrained none --images 60 \
+        --photo --size 1600x1200 --splits auto,2:2,1:1,0:2 --repeats 2
+
+`--photo` draws camera-like pictures (clipdex.samples.draw_photo) instead of gradients.
+`--splits` compares decode-worker / torch-thread splits side by side, alternating run by
+run on the same photos: WORKERS:THREADS runs `--workers WORKERS` with OMP_NUM_THREADS set
+to THREADS (clipdex then keeps the user's thread count); "auto" lets clipdex choose.
 
 Writes JPEGs (default 640x480, smooth gradients plus noise, like a downscaled photo) into a
 temporary folder, then times the real CLI in a subprocess: the whole command (model load
@@ -12,7 +19,9 @@ included) and the run itself as the command reports it. Prints one line of numbe
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,15 +44,49 @@ def write_photos(folder: Path, count: int, width: int, height: int, seed: int = 
         image.save(folder / f"photo{i:06d}.jpg", quality=90)
 
 
+def run_split(photos: Path, index: Path, args, split: str) -> tuple[float, float, str]:
+    """One fresh index run with a worker/thread split; (wall s, reported s, summary)."""
+    command = [sys.executable, "-m", "clipdex", "index", str(photos), "--index", str(index)]
+    command += ["--model", args.model, "--batch-size", str(args.batch_size)]
+    command += ["--precision", args.precision]
+    shutil.rmtree(index, ignore_errors=True)  # a fresh index: every run embeds everything
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if split == "auto":
+        pass
+    else:
+        workers, threads = split.split(":")
+        command += ["--workers", workers]
+        if threads:
+            env["OMP_NUM_THREADS"] = threads
+    if args.pretrained:
+        command += ["--pretrained", args.pretrained]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    wall = time.perf_counter() - started
+    reported = float(re.search(r"in ([\d.]+) s", done.stdout).group(1))
+    return wall, reported, done.stdout.strip().splitlines()[-1]
+
+
+def write_camera_photos(folder: Path, count: int, width: int, height: int) -> None:
+    from clipdex.samples import draw_photo
+
+    for i in range(count):
+        draw_photo(width, height, seed=i).save(folder / f"photo{i:06d}.jpg", quality=90)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="clipdex-tiny")
     parser.add_argument("--pretrained", default=None)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of generated photos")
+    parser.add_argument("--photo", action="store_true", help="camera-like photos (draw_photo)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--splits", default=None, help="e.g. auto,2:2,1:1 (WORKERS:THREADS)")
+    parser.add_argument("--repeats", type=int, default=1, help="passes over --splits")
     parser.add_argument("--tiny", action="store_true", help="40 small photos, clipdex-tiny")
     args = parser.parse_args()
     if args.tiny:
@@ -54,31 +97,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         photos, index = Path(tmp) / "photos", Path(tmp) / "index"
         photos.mkdir()
-        write_photos(photos, args.images, width, height)
-        command = [
-            sys.executable,
-            "-m",
-            "clipdex",
-            "index",
-            str(photos),
-            "--index",
-            str(index),
-            "--model",
-            args.model,
-            "--batch-size",
-            str(args.batch_size),
-            "--workers",
-            str(args.workers),
-            "--precision",
-            args.precision,
-        ]
+        if args.photo:
+            write_camera_photos(photos, args.images, width, height)
+        else:
+            write_photos(photos, args.images, width, height)
+        if args.splits:
+            splits = args.splits.split(",")
+            results: dict[str, list[float]] = {split: [] for split in splits}
+            for _ in range(args.repeats):
+                for split in splits:
+                    _, reported, summary = run_split(photos, index, args, split)
+                    results[split].append(args.images / reported)
+                    print(f"  {split}: {args.images / reported:.2f} images/s | {summary}")
+            for split in dict.fromkeys(splits):
+                rates = " ".join(f"{rate:.2f}" for rate in results[split])
+                print(f"split {split}: run images/s {rates} (best {max(results[split]):.2f})")
+            return
+        wall, reported, _ = run_split(photos, index, args, f"{args.workers}:")
+        again = time.perf_counter()
+        command = [sys.executable, "-m", "clipdex", "index", str(photos), "--index", str(index)]
+        command += ["--model", args.model, "--workers", str(args.workers)]
+        command += ["--batch-size", str(args.batch_size), "--precision", args.precision]
         if args.pretrained:
             command += ["--pretrained", args.pretrained]
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        wall = time.perf_counter() - started
-        reported = float(re.search(r"in ([\d.]+) s", done.stdout).group(1))
-        again = time.perf_counter()
         subprocess.run(command, capture_output=True, text=True, check=True)
         noop = time.perf_counter() - again
     print(

@@ -13,8 +13,11 @@ DEFAULT_INDEX_DIR = ".clipdex"
 
 #: Images embedded per batch (and written per catalog transaction) by an index run.
 DEFAULT_BATCH_SIZE = 64
-#: Decoding processes for local files (0: decode in the calling process).
+#: Data-loading processes of fine-tuning (0: load in the calling process).
 DEFAULT_WORKERS = 2
+#: Decoding processes for local files when indexing; None: chosen from the cores with
+#: the model's torch threads (indexer/balance.py); 0: decode in the calling process.
+DEFAULT_DECODE_WORKERS: int | None = None
 #: Concurrent downloads for remote sources.
 DEFAULT_FETCH_WORKERS = 16
 

@@ -27,7 +27,11 @@ from clipdex.classify.runs import (
     ClassifyOptions,
     classify_index,
 )
-from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
+from clipdex.defaults import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DECODE_WORKERS,
+    DEFAULT_FETCH_WORKERS,
+)
 from clipdex.errors import IndexNotFoundError, SourceError
 from clipdex.indexer.ray_run import RayOptions, require_ray
 from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_source
@@ -285,7 +289,7 @@ class Index:
         model: ModelSpec | None = None,
         rebuild: bool = False,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        workers: int = DEFAULT_WORKERS,
+        workers: int | None = DEFAULT_DECODE_WORKERS,
         include_hidden: bool = False,
         allow_empty: bool = False,
         verify: bool = False,
@@ -312,7 +316,8 @@ class Index:
             rebuild: re-embed everything; with another `model`, forget every source's
                 vectors first (the other sources must be indexed again).
             batch_size: images per forward pass.
-            workers: decoding processes for local files.
+            workers: decoding processes for local files; None: chosen from the cores,
+                with the model's torch threads taking the rest (report.balance).
             include_hidden: index hidden files and folders too.
             allow_empty: accept a source with no images now (its images are removed);
                 a known source whose folder, file or list is gone is forgotten

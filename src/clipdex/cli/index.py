@@ -16,9 +16,9 @@ from clipdex.cli.options import (
 from clipdex.cli.output import escape_control
 from clipdex.defaults import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_DECODE_WORKERS,
     DEFAULT_FETCH_WORKERS,
     DEFAULT_MEMORY_BUDGET_FRACTION,
-    DEFAULT_WORKERS,
     INDEX_TYPES,
 )
 
@@ -78,9 +78,9 @@ def ray_summary(workers: int) -> str:
 @click.option(
     "--workers",
     type=click.IntRange(0, 64),
-    default=DEFAULT_WORKERS,
-    show_default=True,
-    help="Decoding processes for local files (0: decode in the main process).",
+    default=DEFAULT_DECODE_WORKERS,
+    help="Decoding processes for local files (0: decode in the main process); by default "
+    "chosen from the cores, the model's threads taking the rest (the summary says the split).",
 )
 @click.option(
     "--fetch-workers",
@@ -212,6 +212,7 @@ def index_command(
                 f"{report.failed} failed; {report.embedded} embedded, {report.reused} reused "
                 f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s)"
                 + ray_summary(report.ray_workers)
+                + (f"; {report.balance}" if report.balance else "")
             )
             if report.meta_filled:
                 click.echo(

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS
+from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS
 from clipdex.errors import ImageDecodeError
+from clipdex.indexer.balance import available_cores, split_cores
 from clipdex.media.decode import DEFAULT_MAX_PIXELS, LoadedImage, load_image_for
 from clipdex.media.thumbnails import make_thumbnail
 from clipdex.sources.fingerprint import read_fingerprinted
@@ -135,7 +136,7 @@ def decode_batches(
     entries: Sequence[FileEntry],
     preprocess: Callable,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int = DEFAULT_WORKERS,
+    workers: int | None = DEFAULT_DECODE_WORKERS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_size: int | None = None,
     thumbnails: bool = False,
@@ -147,8 +148,7 @@ def decode_batches(
 
     if not entries:
         return
-    # Starting worker processes costs more than decoding a couple of batches.
-    workers = workers if len(entries) > 2 * batch_size else 0
+    workers = pool_size(len(entries), batch_size, workers, available_cores())
     loader = DataLoader(
         _DecodeDataset(entries, preprocess, max_pixels, decode_size, thumbnails),
         batch_size=batch_size,
@@ -160,6 +160,16 @@ def decode_batches(
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
     yield from loader
+
+
+def pool_size(count: int, batch_size: int, workers: int | None, cores: int) -> int:
+    """Decode processes for `count` files: none for a couple of batches (starting them
+    costs more than decoding those); `workers` None: chosen from `cores` (balance.py)."""
+    if count <= 2 * batch_size:
+        return 0
+    if workers is None:
+        return split_cores(cores).workers
+    return workers
 
 
 def die_with_parent(parent: int, _worker_id: int = 0) -> None:

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_FETCH_WORKERS, DEFAULT_WORKERS
+from clipdex.defaults import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_WORKERS, DEFAULT_FETCH_WORKERS
 from clipdex.errors import SourceError
+from clipdex.indexer.balance import CoreSplit, available_cores, split_cores, torch_threads
 from clipdex.indexer.fetch_pipeline import fetch_batches
 from clipdex.indexer.photo_meta import fill_photo_meta
-from clipdex.indexer.pipeline import Batch, Decoded, decode_batches
+from clipdex.indexer.pipeline import Batch, Decoded, decode_batches, pool_size
 from clipdex.indexer.plan import Reuse, SyncPlan, plan_sync
 from clipdex.indexer.ray_run import RayOptions, ray_embedding, require_ray
 from clipdex.indexer.thumbnails import copy_thumbnails, store_thumbnails
@@ -61,6 +62,9 @@ class IndexReport:
     meta_filled: int = 0
     #: Ray actors that embedded (0: embedded in this process, or nothing to embed).
     ray_workers: int = 0
+    #: How local files were decoded and the cores shared, e.g. "CPU (draft): 1 decode
+    #: worker + 1 torch thread on 2 cores"; "" when nothing local was embedded here.
+    balance: str = ""
 
     @property
     def embedded(self) -> int:
@@ -76,7 +80,8 @@ class IndexReport:
 class RunOptions:
     rebuild: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
-    workers: int = DEFAULT_WORKERS
+    #: Decode processes for local files; None: chosen from the cores (indexer/balance.py).
+    workers: int | None = DEFAULT_DECODE_WORKERS
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_empty: bool = False
     verify: bool = False
@@ -127,6 +132,7 @@ def index_source(
         embedder = get_embedder()
         catalog.claim_model(embedder.identity)
     failed = removed = kept = ray_workers = 0
+    balance = ""
     has_model = catalog.model_identity() is not None
     stale = has_model and not is_current(folder, catalog)  # killed before a save
     if has_model and (embedder is not None or plan.unlink_ids or plan.reuse or stale):
@@ -139,7 +145,7 @@ def index_source(
         catch_up(vectors, catalog)
         try:
             if embedder is not None:
-                failed, ray_workers = _embed_all(
+                failed, ray_workers, balance = _embed_all(
                     folder,
                     catalog,
                     vectors,
@@ -177,6 +183,7 @@ def index_source(
         kept=kept,
         meta_filled=meta_filled,
         ray_workers=ray_workers,
+        balance=balance,
     )
 
 
@@ -240,21 +247,30 @@ def _embed_all(
     plan: SyncPlan,
     options: RunOptions,
     on_progress: ProgressCallback | None,
-) -> tuple[int, int]:
+) -> tuple[int, int, str]:
     """Decode, embed and commit the plan's files batch by batch, here or through Ray;
-    return how many failed and how many Ray workers embedded."""
+    return how many failed, how many Ray workers embedded, and the decode path and core
+    split used here ("" otherwise)."""
     failed = done = 0
     last_save = time.monotonic()
     total = len(plan.to_embed)
     if on_progress:
         on_progress("embed", 0, total)
+    balance = ""
     with contextlib.ExitStack() as stack:
         if options.ray is not None:
             stream = stack.enter_context(_ray_stream(source, plan, embedder, options))
             ray_workers = stream.workers
         else:
+            split = _core_split(source, plan, embedder, options)
+            threads = stack.enter_context(torch_threads(split.threads))
+            if source.local:
+                path = "exact" if options.exact_decode else "draft"
+                split = CoreSplit(split.cores, split.workers, threads)
+                balance = f"CPU ({path}): {split.describe()}"
             stream = (
-                _embed(embedder, batch) for batch in _batches(source, plan, embedder, options)
+                _embed(embedder, batch)
+                for batch in _batches(source, plan, embedder, options, split.workers)
             )
             ray_workers = 0
         for items, image_vectors in stream:
@@ -269,7 +285,18 @@ def _embed_all(
             if time.monotonic() - last_save > SAVE_EVERY_S:
                 save_store(vectors, folder)
                 last_save = time.monotonic()
-    return failed, ray_workers
+    return failed, ray_workers, balance
+
+
+def _core_split(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
+    """The decode workers and torch threads of a run in this process; a remote source's
+    fetch threads mostly wait on the network, so the model keeps the cores."""
+    device = getattr(embedder, "device", "cpu")
+    cores = available_cores()
+    if not source.local:
+        return split_cores(cores, 0, device)
+    workers = pool_size(len(plan.to_embed), options.batch_size, options.workers, cores)
+    return split_cores(cores, workers, device)
 
 
 def _ray_stream(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
@@ -287,7 +314,7 @@ def _ray_stream(source: Source, plan: SyncPlan, embedder: Embedder, options: Run
     )
 
 
-def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions):
+def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions, workers: int):
     """Local files decode in worker processes; remote objects are fetched by threads."""
     decode_size = None if options.exact_decode else getattr(embedder, "decode_size", None)
     if source.local:
@@ -295,7 +322,7 @@ def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOpt
             plan.to_embed,
             embedder.preprocess,
             options.batch_size,
-            options.workers,
+            workers,
             options.max_pixels,
             decode_size,
             options.thumbnails,
