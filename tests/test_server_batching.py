@@ -20,7 +20,7 @@ def fake_model():
         calls["encode"].append(list(texts))
         return np.array([[float(len(t))] for t in texts], np.float32)
 
-    def search(vectors, k, label):
+    def search(vectors, k, label, filters=None):
         calls["search"].append((len(vectors), k, label))
         if label == "broken":
             raise QueryError("no image is labelled 'broken'")
@@ -76,7 +76,7 @@ def test_a_failing_encode_fails_the_batch_not_the_batcher():
             raise RuntimeError("the model broke")
         return np.zeros((len(texts), 1), np.float32)
 
-    batcher = TextBatcher(encode, lambda v, k, label: [[] for _ in v], 0.0, 8)
+    batcher = TextBatcher(encode, lambda v, k, label, filters: [[] for _ in v], 0.0, 8)
 
     async def run():
         with pytest.raises(RuntimeError):
