@@ -27,6 +27,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_ready(process: subprocess.Popen, base: str, timeout: float) -> None:
+    """Until the server answers /readyz with 200; fails if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.communicate()
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One server for the module (its last test stops it)."""
@@ -42,16 +56,7 @@ def server(tmp_path_factory):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.communicate()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "never ready"
-            time.sleep(0.1)
+        wait_ready(process, base, 120)
         yield base, folder, process, env
     finally:
         if process.poll() is None:
@@ -175,16 +180,7 @@ def test_demo_serve_serves_the_demo_index_until_ctrl_c(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, process.communicate()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_ready(process, base, 300)
         found = httpx.get(f"{base}/api/v1/search", params={"q": "a red circle", "k": 1}).json()
         assert "red-circle" in found["results"][0]["uri"]
         runs = httpx.get(f"{base}/api/v1/runs").json()
