@@ -5,11 +5,17 @@
     python scripts/bench_index.py --tiny       # seconds: checks that it runs
     python scripts/bench_index.py --model ViT-B-32-256 --pretrained none --images 60 \
         --photo --size 1600x1200 --splits auto,2:2,1:1,0:2 --repeats 2
+    python scripts/bench_index.py --model ViT-B-32-256 --pretrained none --images 60 \
+        --photo --size 4000x3000 --batch-size 16 --paths --repeats 2
 
 `--photo` draws camera-like pictures (clipdex.samples.draw_photo) instead of gradients.
 `--splits` compares decode-worker / torch-thread splits side by side, alternating run by
 run on the same photos: WORKERS:THREADS runs `--workers WORKERS` with OMP_NUM_THREADS set
 to THREADS (clipdex then keeps the user's thread count); "auto" lets clipdex choose.
+`--paths` compares, in this process with the model loaded once (its load is not timed),
+the bare model on ready tensors (torch's own threads), `Index.add` with the default
+decode (draft) and with `--exact-decode`, pass by pass; and decode + preprocess alone,
+one thread, for both decode paths: the per-core rate that bounds a GPU machine.
 
 Writes JPEGs (default 640x480, smooth gradients plus noise, like a downscaled photo) into a
 temporary folder, then times the real CLI in a subprocess: the whole command (model load
@@ -75,6 +81,63 @@ def write_camera_photos(folder: Path, count: int, width: int, height: int) -> No
         draw_photo(width, height, seed=i).save(folder / f"photo{i:06d}.jpg", quality=90)
 
 
+def compare_paths(photos: Path, tmp: Path, args) -> None:
+    """Bare model vs the draft and exact pipelines, side by side (see the module)."""
+    import torch
+
+    from clipdex.api import Index
+    from clipdex.media.decode import load_image_for
+    from clipdex.models.open_clip import Embedder
+    from clipdex.models.spec import ModelSpec
+
+    started = time.perf_counter()
+    model = Embedder(ModelSpec(args.model, args.pretrained), precision=args.precision)
+    load_s = time.perf_counter() - started
+    paths = sorted(photos.iterdir())
+    decode: dict[str, list[float]] = {"exact": [], "draft": []}
+    tensors = []
+    for path in paths[: min(len(paths), 8)]:  # decode alone, one thread, both paths
+        for name, min_side in (("exact", None), ("draft", model.decode_size)):
+            begun = time.perf_counter()
+            tensor = model.preprocess(load_image_for(path.read_bytes(), min_side=min_side).image)
+            decode[name].append(time.perf_counter() - begun)
+        tensors.append(tensor)
+    batch = torch.stack([tensors[i % len(tensors)] for i in range(args.batch_size)])
+    model.encode_images(batch)  # warm-up: the first pass pays one-off costs
+    rates: dict[str, list[float]] = {"bare": [], "draft": [], "exact": []}
+    for _ in range(args.repeats):
+        begun = time.perf_counter()
+        for start in range(0, args.images, args.batch_size):
+            model.encode_images(batch[: min(args.batch_size, args.images - start)])
+        rates["bare"].append(args.images / (time.perf_counter() - begun))
+        for name in ("draft", "exact"):
+            folder = tmp / f"index-{name}"
+            shutil.rmtree(folder, ignore_errors=True)
+            report = Index(folder, loaded_model=model).add(
+                photos,
+                model=model.spec,
+                batch_size=args.batch_size,
+                exact_decode=name == "exact",
+            )
+            rates[name].append(report.images_per_s)
+            balance = report.balance
+    best = {name: max(values) for name, values in rates.items()}
+    per_core = {name: 1 / (sum(times) / len(times)) for name, times in decode.items()}
+    for name, values in rates.items():
+        print(f"{name}: images/s " + " ".join(f"{v:.2f}" for v in values))
+    print(
+        f"model={args.model} precision={model.precision} images={args.images} "
+        f"size={args.size} batch={args.batch_size} (model load {load_s:.1f} s, not timed; "
+        f"pipeline: {balance}): best images/s bare {best['bare']:.2f}, "
+        f"draft {best['draft']:.2f}, exact {best['exact']:.2f}; "
+        f"draft/bare {best['draft'] / best['bare']:.2f}, "
+        f"exact/bare {best['exact'] / best['bare']:.2f}, "
+        f"draft/exact {best['draft'] / best['exact']:.2f}; decode + preprocess alone, "
+        f"one thread: draft {per_core['draft']:.1f} images/s per core, "
+        f"exact {per_core['exact']:.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="clipdex-tiny")
@@ -86,7 +149,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--splits", default=None, help="e.g. auto,2:2,1:1 (WORKERS:THREADS)")
-    parser.add_argument("--repeats", type=int, default=1, help="passes over --splits")
+    parser.add_argument("--repeats", type=int, default=1, help="passes over --splits/--paths")
+    parser.add_argument("--paths", action="store_true", help="bare model vs draft vs exact")
     parser.add_argument("--tiny", action="store_true", help="40 small photos, clipdex-tiny")
     args = parser.parse_args()
     if args.tiny:
@@ -101,6 +165,9 @@ def main() -> None:
             write_camera_photos(photos, args.images, width, height)
         else:
             write_photos(photos, args.images, width, height)
+        if args.paths:
+            compare_paths(photos, Path(tmp), args)
+            return
         if args.splits:
             splits = args.splits.split(",")
             results: dict[str, list[float]] = {split: [] for split in splits}

@@ -38,13 +38,17 @@ EXPECTED = {
     r"faiss ivf-pq: .*bytes/vector(.|\n)*S3 prefix .*: [\d,]+ objects/s",
     "bench_duplicates.py": r"threshold precision +recall(.|\n)* 0\.950 +[\d.]+ +[\d.]+(.|\n)*"
     r"n=5,000: duplicates [\d.]+ s, peak RSS \d+ MB; [\d,]+ groups, planted pairs recall [\d.]+",
+    "bench_index.py --paths": r"best images/s bare [\d.]+, draft [\d.]+, exact [\d.]+; "
+    r"draft/bare [\d.]+, .* draft [\d.]+ images/s per core, exact [\d.]+",
     "kill_loop.py": r"index: 2 trials, 2 ok, 0 failures(.|\n)*"
     r"classify: 2 trials(.|\n)*check --repair: 2 trials, 2 ok, 0 failures",
 }
 
 
 def scripts() -> list[str]:
-    return sorted(path.name for path in SCRIPTS.glob("*.py") if not path.name.startswith("_"))
+    """Every script, and each extra mode listed in EXPECTED as "SCRIPT --FLAG"."""
+    names = sorted(path.name for path in SCRIPTS.glob("*.py") if not path.name.startswith("_"))
+    return names + sorted(name for name in EXPECTED if " " in name)
 
 
 def test_every_script_is_covered():
@@ -57,7 +61,7 @@ def test_script_runs_at_its_tiny_size(name, tmp_path):
     shipped = hashlib.sha256(weights_path().read_bytes()).hexdigest()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), TMPDIR=str(tmp_path))
     done = subprocess.run(
-        [sys.executable, str(SCRIPTS / name), "--tiny"],
+        [sys.executable, str(SCRIPTS / name.split()[0]), "--tiny", *name.split()[1:]],
         capture_output=True,
         text=True,
         env=env,
