@@ -291,3 +291,18 @@ def test_unit_query_vectors(served):
     assert float(mean @ index.catalog.vector_of(expected.id)) == pytest.approx(
         expected.score, abs=1e-5
     )
+
+
+def test_head_answers_like_get_without_a_body(served):
+    client, _, _ = served
+    for url in ("/healthz", "/api/v1/images/5/thumbnail", "/api/v1/images/5/original", "/"):
+        got, head = client.get(url), client.head(url)
+        assert head.status_code == got.status_code == 200, url
+        assert head.content == b"", url
+        for name in ("content-type", "content-length", "etag", "x-content-type-options"):
+            assert head.headers.get(name) == got.headers.get(name), (url, name)
+    status = client.head("/api/v1/status")  # its length moves with the index: only asked
+    assert status.status_code == 200 and status.content == b""
+    assert status.headers["content-type"] == "application/json"
+    assert client.head("/api/v1/images/999999").status_code == 404
+    assert client.head("/api/v1/runs/1/classify").status_code == 405  # a POST-only route stays so

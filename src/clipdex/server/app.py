@@ -28,6 +28,7 @@ from clipdex.errors import (
 )
 from clipdex.server.batching import TextBatcher
 from clipdex.server.guards import Guards
+from clipdex.server.head import HeadAsGet
 from clipdex.server.options import ServerOptions
 from clipdex.server.routes_images import router as images_router
 from clipdex.server.routes_search import router as search_router
@@ -91,6 +92,7 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization"],
         )
+    app.add_middleware(HeadAsGet)
     app.add_middleware(
         Guards,
         token=options.token,
