@@ -490,3 +490,38 @@ def test_import_takes_the_index_type_options_of_clipdex_index(runner, tmp_path, 
     with opened(index) as c:
         assert c.index_settings() == ("ivf-sq8", None)
     run_cli(runner, "check", "--index", str(index))
+
+
+def test_import_brings_the_exported_photo_metadata_and_drops_bad_values(
+    runner, tmp_path, built
+):
+    _, source = built
+    index = tmp_path / "index"
+    shutil.copytree(source, index)
+    with sqlite3.connect(index / "catalog.sqlite") as db:
+        db.execute(
+            "INSERT OR REPLACE INTO photo_meta (image_id, taken_at, camera, lat, lon) "
+            "VALUES (1, 1700000000.0, 'Acme One', 48.85, 2.35)"
+        )
+    run_cli(runner, "export", str(tmp_path / "out"), "--index", str(index))
+    (path,) = (tmp_path / "out").glob("*.parquet")
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    rows[2].update(taken_at=float("nan"), camera="", lat=123.0, lon=-7.5)  # only lon is sane
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    run_cli(runner, "import", str(tmp_path / "out"), "--index", str(tmp_path / "copy"))
+    with sqlite3.connect(tmp_path / "copy" / "catalog.sqlite") as db:
+        meta = db.execute(
+            "SELECT i.uri, p.taken_at, p.camera, p.lat, p.lon FROM photo_meta p "
+            "JOIN images i ON i.id = p.image_id ORDER BY i.uri"
+        ).fetchall()
+    assert meta == sorted(
+        [
+            (rows[0]["uri"], 1700000000.0, "Acme One", 48.85, 2.35),
+            (rows[2]["uri"], None, None, None, -7.5),
+        ]
+    )  # rows without metadata get none: the next index run reads their EXIF itself
+    found = run_cli(
+        runner, "search", "a photo", "--camera", "Acme", "--index", str(tmp_path / "copy")
+    )
+    assert rows[0]["uri"] in found.output and rows[1]["uri"] not in found.output

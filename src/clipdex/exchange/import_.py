@@ -24,12 +24,13 @@ from clipdex.exchange.reading import Chunk, iter_part, recorded_identity
 from clipdex.models.spec import ModelSpec, resolve_weights
 from clipdex.storage.catalog import Catalog
 from clipdex.storage.catalog_bulk import (
+    PHOTO_COLUMNS,
     ImportRows,
     clear_progress,
     read_progress,
     write_imported,
 )
-from clipdex.types import ModelIdentity, ProgressCallback
+from clipdex.types import ModelIdentity, PhotoMeta, ProgressCallback
 
 #: Rows per transaction (32 MB of 512-d float32 vectors in flight, in a few copies).
 CHUNK = 16_384
@@ -226,6 +227,7 @@ def write_import(
             widths=piece.widths or [None] * n,
             heights=piece.heights or [None] * n,
             vectors=vectors,
+            photo=_photo(piece) if piece.photo else None,
         )
         value = json.dumps({"signature": signature, "rows": done})
         new, old = write_imported(catalog, source_id, rows, (key, value))
@@ -256,6 +258,33 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
         off = np.abs(norms - 1) > EXACT_TOLERANCE
         out[near[off]] /= norms[off, None].astype(np.float32)
     return out
+
+
+def _photo(piece: Chunk) -> list[PhotoMeta | None]:
+    """The photo metadata of each row, where the export carried any; values of the wrong
+    type or out of range are dropped, not imported. A row with none gets no photo_meta
+    row: the next `clipdex index` of the file reads its EXIF itself."""
+    columns = [piece.photo.get(name) or [None] * len(piece.uris) for name in PHOTO_COLUMNS]
+    out: list[PhotoMeta | None] = []
+    for taken_at, camera, lat, lon in zip(*columns, strict=True):
+        meta = PhotoMeta(
+            taken_at=_number(taken_at),
+            camera=camera if isinstance(camera, str) and camera else None,
+            lat=_number(lat, 90),
+            lon=_number(lon, 180),
+        )
+        out.append(meta if meta != PhotoMeta() else None)
+    return out
+
+
+def _number(value, limit: float | None = None) -> float | None:
+    """A finite float (within +-limit), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    if not np.isfinite(value) or (limit is not None and abs(value) > limit):
+        return None
+    return value
 
 
 def _sizes(piece: Chunk) -> tuple[list[int], list[int]]:

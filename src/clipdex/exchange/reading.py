@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +18,14 @@ from clipdex.exchange.layouts import (
     pyarrow,
     read_manifest,
 )
+from clipdex.storage.catalog_bulk import PHOTO_COLUMNS
 from clipdex.types import ModelIdentity
 
 
 @dataclass
 class Chunk:
-    """Rows of a part as read: uris, sizes/widths/heights (None: absent), vectors as stored."""
+    """Rows of a part as read: uris, sizes/widths/heights (None: absent), vectors as
+    stored, and the photo metadata columns present (PHOTO_COLUMNS: name -> values)."""
 
     uris: list
     sizes: list | None
@@ -31,6 +33,7 @@ class Chunk:
     heights: list | None
     vectors: np.ndarray
     where: str  # "FILE rows A-B", for messages
+    photo: dict[str, list] = field(default_factory=dict)
 
     def tail(self, skip: int) -> Chunk:
         """The rows after the first `skip`."""
@@ -45,6 +48,7 @@ class Chunk:
             cut(self.heights),
             self.vectors[skip:],
             self.where,
+            {name: values[skip:] for name, values in self.photo.items()},
         )
 
 
@@ -85,7 +89,8 @@ def iter_part(fmt: str, part: Part, chunk: int) -> Iterator[Chunk]:
     uri = "uri" if fmt != "clip-retrieval" or "uri" in names else "image_path"
     if fmt == "clip-retrieval" and "image_path" in names:
         uri = "image_path"
-    wanted = [uri] + [c for c in ("size", "width", "height") if c in names]
+    photo = [c for c in PHOTO_COLUMNS if c in names]
+    wanted = [uri] + [c for c in ("size", "width", "height") if c in names] + photo
     if uri not in names:
         raise ExchangeError(
             f"{part.rows} has no '{uri}' column (its columns: {', '.join(schema.names)})"
@@ -129,6 +134,7 @@ def iter_part(fmt: str, part: Part, chunk: int) -> Iterator[Chunk]:
                 heights=_column(batch, "height"),
                 vectors=matrix,
                 where=where,
+                photo={name: batch.column(name).to_pylist() for name in photo},
             )
             start += n
     except (OSError, ValueError) as exc:

@@ -20,6 +20,8 @@ import numpy as np
 
 from clipdex.storage.catalog import Catalog
 from clipdex.storage.db import raw_read, raw_write
+from clipdex.storage.photo_meta import UPSERT_SQL, meta_params
+from clipdex.types import PhotoMeta
 
 #: Columns of photo_meta an export carries (schema 5), when the table holds any row.
 PHOTO_COLUMNS = ("taken_at", "camera", "lat", "lon")
@@ -143,7 +145,8 @@ _IDS = "SELECT s.pos, i.id FROM import_stage s JOIN images i ON i.uri = s.uri OR
 
 @dataclass(frozen=True)
 class ImportRows:
-    """One chunk to import: uris, sizes (-1: unknown), mtimes, widths, heights, unit vectors."""
+    """One chunk to import: uris, sizes (-1: unknown), mtimes, widths, heights, unit
+    vectors, and the photo metadata an export carried (None: none for that row)."""
 
     uris: list[str]
     sizes: list[int]
@@ -151,6 +154,7 @@ class ImportRows:
     widths: list[int | None]
     heights: list[int | None]
     vectors: np.ndarray
+    photo: list[PhotoMeta | None] | None = None
 
 
 def write_imported(
@@ -196,6 +200,15 @@ def write_imported(
             "SELECT i.id, ? FROM import_stage s JOIN images i ON i.uri = s.uri",
             (source_id,),
         )
+        if rows.photo is not None:
+            cursor.executemany(
+                UPSERT_SQL,
+                (
+                    meta_params(image_id, meta)
+                    for image_id, meta in zip(ids, rows.photo, strict=True)
+                    if meta is not None
+                ),
+            )
         if existing:  # labels describe the old vector of an overwritten image
             cursor.execute(
                 "DELETE FROM assignments WHERE image_id IN "

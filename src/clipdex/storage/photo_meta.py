@@ -25,10 +25,16 @@ if TYPE_CHECKING:  # pragma: no cover
 #: The first schema with the photo_meta table.
 PHOTO_META_SCHEMA = 5
 
-_UPSERT = (
+#: Stores one image's metadata: parameters from `meta_params`.
+UPSERT_SQL = (
     "INSERT OR REPLACE INTO photo_meta "
     "(image_id, taken_at, taken_local, camera, lat, lon, orientation) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def meta_params(image_id: int, meta: PhotoMeta) -> tuple:
+    """UPSERT_SQL's parameters for one image."""
+    return (image_id, *_columns(meta))
 
 
 def write_meta(conn: Connection, rows: Iterable[tuple[int, PhotoMeta | None]]) -> None:
@@ -39,9 +45,9 @@ def write_meta(conn: Connection, rows: Iterable[tuple[int, PhotoMeta | None]]) -
         if meta is None:
             drop.append((image_id,))
         else:
-            keep.append((image_id, *_columns(meta)))
+            keep.append(meta_params(image_id, meta))
     if keep:
-        conn.exec_driver_sql(_UPSERT, keep)
+        conn.exec_driver_sql(UPSERT_SQL, keep)
     if drop:
         conn.exec_driver_sql("DELETE FROM photo_meta WHERE image_id = ?", drop)
 
