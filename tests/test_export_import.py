@@ -492,9 +492,7 @@ def test_import_takes_the_index_type_options_of_clipdex_index(runner, tmp_path, 
     run_cli(runner, "check", "--index", str(index))
 
 
-def test_import_brings_the_exported_photo_metadata_and_drops_bad_values(
-    runner, tmp_path, built
-):
+def test_import_brings_the_exported_photo_metadata_and_drops_bad_values(runner, tmp_path, built):
     _, source = built
     index = tmp_path / "index"
     shutil.copytree(source, index)
