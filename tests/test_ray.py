@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -118,6 +119,26 @@ def test_without_ray_installed_the_run_says_how_to_install_it(
     assert not index_dir.exists()  # nothing written
     result = run_cli(runner, "index", str(images), *TINY, "--ray-workers", "2", expect=2)
     assert "need --ray" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("address", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}", "nohost"])
+def test_an_address_nobody_answers_fails_in_one_line_at_once(runner, images, index_dir, address):
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port just freed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = address.format(port=port)
+    started = time.monotonic()
+    result = run_cli(
+        runner, "index", str(images), *TINY, "--ray", "--ray-address", address, expect=1
+    )
+    assert time.monotonic() - started < 60  # ray.init alone: 5.5 min, then killed itself
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and address in line, line
+    if (index_dir / "catalog.sqlite").exists():  # planned, nothing embedded
+        with sqlite3.connect(index_dir / "catalog.sqlite") as db:
+            assert db.execute("SELECT count(*) FROM vectors").fetchone() == (0,)
 
 
 # -- against a real Ray ------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from clipdex.errors import BackendError, ClipdexError, ModelLoadError
 from clipdex.indexer.fetch_pipeline import fetch_one
 from clipdex.indexer.pipeline import Decoded, decode_file
+from clipdex.indexer.ray_connect import connect, first_line
 from clipdex.sources.fetch import FileSystems
 from clipdex.sources.local import FileEntry
 from clipdex.sources.remote import StoreOptions
@@ -273,19 +274,7 @@ def ray_embedding(
     require_ray()
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        try:
-            ray.init(
-                address=options.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-            )
-        except (OSError, RuntimeError, ValueError) as exc:
-            where = f"at {options.address}" if options.address else "on this machine"
-            raise BackendError(f"cannot start or reach Ray {where}: {_first_line(exc)}") from exc
-        started = True
+    started = connect(options.address)
     try:
         with _quiet_data_context():
             yield _stream(
@@ -388,7 +377,7 @@ def _ray_errors() -> Iterator[None]:
         if cause is not None:
             raise cause from None
         raise BackendError(
-            f"the Ray run failed: {_first_line(exc)}; batches already committed are kept, "
+            f"the Ray run failed: {first_line(exc)}; batches already committed are kept, "
             "run it again to resume"
         ) from exc
 
@@ -406,8 +395,3 @@ def _clipdex_cause(exc: BaseException) -> ClipdexError | None:
         else:
             current = current.__cause__ or current.__context__
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
