@@ -13,7 +13,8 @@
 run on the same photos: WORKERS:THREADS runs `--workers WORKERS` with OMP_NUM_THREADS set
 to THREADS (clipdex then keeps the user's thread count); "auto" lets clipdex choose.
 `--paths` compares, in this process with the model loaded once (its load is not timed),
-the bare model on ready tensors (torch's own threads), `Index.add` with the default
+the bare model on ready tensors (torch's own thread count and one thread: the better
+counts), `Index.add` with the default
 decode (draft) and with `--exact-decode`, pass by pass; and decode + preprocess alone,
 one thread, for both decode paths: the per-core rate that bounds a GPU machine.
 
@@ -104,12 +105,16 @@ def compare_paths(photos: Path, tmp: Path, args) -> None:
         tensors.append(tensor)
     batch = torch.stack([tensors[i % len(tensors)] for i in range(args.batch_size)])
     model.encode_images(batch)  # warm-up: the first pass pays one-off costs
-    rates: dict[str, list[float]] = {"bare": [], "draft": [], "exact": []}
+    threads, balance = torch.get_num_threads(), ""
+    rates: dict[str, list[float]] = {"bare": [], "bare-1t": [], "draft": [], "exact": []}
     for _ in range(args.repeats):
-        begun = time.perf_counter()
-        for start in range(0, args.images, args.batch_size):
-            model.encode_images(batch[: min(args.batch_size, args.images - start)])
-        rates["bare"].append(args.images / (time.perf_counter() - begun))
+        for name, count in (("bare", threads), ("bare-1t", 1)):
+            torch.set_num_threads(count)
+            begun = time.perf_counter()
+            for start in range(0, args.images, args.batch_size):
+                model.encode_images(batch[: min(args.batch_size, args.images - start)])
+            rates[name].append(args.images / (time.perf_counter() - begun))
+        torch.set_num_threads(threads)
         for name in ("draft", "exact"):
             folder = tmp / f"index-{name}"
             shutil.rmtree(folder, ignore_errors=True)
@@ -120,8 +125,9 @@ def compare_paths(photos: Path, tmp: Path, args) -> None:
                 exact_decode=name == "exact",
             )
             rates[name].append(report.images_per_s)
-            balance = report.balance
+            balance = report.balance if name == "draft" else balance
     best = {name: max(values) for name, values in rates.items()}
+    best["bare"] = max(best.pop("bare"), best.pop("bare-1t"))  # the model at its best
     per_core = {name: 1 / (sum(times) / len(times)) for name, times in decode.items()}
     for name, values in rates.items():
         print(f"{name}: images/s " + " ".join(f"{v:.2f}" for v in values))
