@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,12 @@ from clipdex.indexer.photo_meta import fill_photo_meta
 from clipdex.indexer.pipeline import Batch, Decoded, decode_batches, pool_size
 from clipdex.indexer.plan import Reuse, SyncPlan, plan_sync
 from clipdex.indexer.ray_run import RayOptions, ray_embedding, require_ray
+from clipdex.indexer.tensor_pipeline import (
+    TensorDecode,
+    choose_tensor_decode,
+    decode_path_from_env,
+    tensor_batches,
+)
 from clipdex.indexer.thumbnails import copy_thumbnails, store_thumbnails
 from clipdex.media.decode import DEFAULT_MAX_PIXELS
 from clipdex.models.open_clip import Embedder
@@ -93,6 +99,10 @@ class RunOptions:
     thumbnails: bool = True
     #: Embed through Ray Data (indexer/ray_run.py) instead of in this process.
     ray: RayOptions | None = None
+    #: How local files decode: "auto" (JPEGs on the GPU when the model runs on CUDA),
+    #: "tensor" (batched tensor decode on the model's device, CPU too), "pil"
+    #: (indexer/tensor_pipeline.py); default: CLIPDEX_DECODE_PATH, else "auto".
+    decode_path: str = field(default_factory=decode_path_from_env)
 
 
 def index_source(
@@ -264,13 +274,14 @@ def _embed_all(
         else:
             split = _core_split(source, plan, embedder, options)
             threads = stack.enter_context(torch_threads(split.threads))
+            tensor = _tensor_decode(source, embedder, options)
             if source.local:
                 path = "exact" if options.exact_decode else "draft"
                 split = CoreSplit(split.cores, split.workers, threads)
-                balance = f"CPU ({path}): {split.describe()}"
+                balance = f"{tensor.label if tensor else f'CPU ({path})'}: {split.describe()}"
             stream = (
                 _embed(embedder, batch)
-                for batch in _batches(source, plan, embedder, options, split.workers)
+                for batch in _batches(source, plan, embedder, options, split.workers, tensor)
             )
             ray_workers = 0
         for items, image_vectors in stream:
@@ -314,9 +325,37 @@ def _ray_stream(source: Source, plan: SyncPlan, embedder: Embedder, options: Run
     )
 
 
-def _batches(source: Source, plan: SyncPlan, embedder: Embedder, options: RunOptions, workers: int):
-    """Local files decode in worker processes; remote objects are fetched by threads."""
+def _tensor_decode(source: Source, embedder: Embedder, options: RunOptions) -> TensorDecode | None:
+    """The run's batched tensor decode of local JPEGs (None: the PIL path)."""
+    cfg = getattr(embedder, "preprocess_cfg", None)
+    if not source.local or not isinstance(cfg, dict):
+        return None
+    device = getattr(embedder, "device", "cpu")
+    return choose_tensor_decode(options.decode_path, device, cfg, options.exact_decode)
+
+
+def _batches(
+    source: Source,
+    plan: SyncPlan,
+    embedder: Embedder,
+    options: RunOptions,
+    workers: int,
+    tensor: TensorDecode | None = None,
+):
+    """Local files decode in worker processes (JPEGs on the model's device with `tensor`);
+    remote objects are fetched by threads."""
     decode_size = None if options.exact_decode else getattr(embedder, "decode_size", None)
+    if tensor is not None:
+        return tensor_batches(
+            plan.to_embed,
+            embedder.preprocess,
+            tensor,
+            options.batch_size,
+            workers,
+            options.max_pixels,
+            decode_size,
+            options.thumbnails,
+        )
     if source.local:
         return decode_batches(
             plan.to_embed,
