@@ -21,6 +21,9 @@ EXPECTED = {
     "bench_classify.py": r"n=2,000 .* bare matmul [\d,]+ images/s, assignment [\d,]+ images/s",
     "bench_reindex.py": r"no-op re-index: [\d.]+ s wall(.|\n)* 0 embedded, 100 reused",
     "bench_decode.py": r"exact [\d.]+ ms/image .* draft [\d.]+ ms/image .* speed-up [\d.]+x",
+    "bench_decode.py --tensor": r"exact [\d.]+ ms/image .* speed-up [\d.]+x(.|\n)*"
+    r"tensor \(cpu, .*\): [\d.]+ ms/image .* PSNR min vs exact [\d.]+ dB(.|\n)*"
+    r"thumbnail from the cpu tensor [\d.]+ ms/image",
     "bench_coldstart.py": r"after  cold search +[\d.]+ s wall(.|\n)*repeated query \(cached\) +[\d.]+ s "
     r"wall(.|\n)*text tower, shorter pass +[\d.]+ ms/query",
     "bench_search.py": r"flat .* 1\.000 (.|\n)*ivf .*nprobe=\d+(.|\n)*ivf-pq .*recall=[\d.]+",

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from clipdex.errors import BackendError
+from clipdex.indexer import tensor_pipeline
 from clipdex.indexer.tensor_pipeline import (
     DECODE_PATH_ENV,
     choose_tensor_decode,
@@ -111,6 +112,11 @@ def test_the_path_is_chosen_per_run(monkeypatch):
     assert choose_tensor_decode("pil", "cuda", cfg, exact=False) is None
     assert choose_tensor_decode("tensor", "cpu", {**cfg, "resize_mode": "longest"}, False) is None
     assert choose_tensor_decode("tensor", "cpu", {**cfg, "size": (32, 48)}, False) is None
+    # "auto" on CUDA: only where torchvision decodes there (no GPU here: the PIL path)
+    assert choose_tensor_decode("auto", "cuda", cfg, exact=False) is None
+    monkeypatch.setattr(tensor_pipeline, "decoder_works", lambda device: device == "cuda")
+    gpu = choose_tensor_decode("auto", "cuda", cfg, exact=False)
+    assert gpu is not None and gpu.label == "GPU (nvjpeg)" and gpu.device == "cuda"
     monkeypatch.setenv(DECODE_PATH_ENV, "Tensor")
     assert decode_path_from_env() == "tensor"
     monkeypatch.setenv(DECODE_PATH_ENV, "gpu")
@@ -213,6 +219,16 @@ def test_clipdex_index_through_the_tensor_decode_on_cpu(runner, tmp_path, monkey
         assert cosine >= 0.995, (name, cosine)
         assert list((tensor / "thumbs").rglob(f"{image_id}.*")), name
     assert after["big.jpg"][3:5] == (600, 900)  # upright
+    # its thumbnail was shrunk from the tensor decode's pixels: like the on-demand one
+    from clipdex.media.thumbnails import thumbnail_from_bytes
+
+    (thumb,) = (tensor / "thumbs").rglob(f"{after['big.jpg'][-1]}.*")
+    expected = thumbnail_from_bytes((folder / "big.jpg").read_bytes())[0]
+    got, want = (
+        np.asarray(Image.open(io.BytesIO(b)), float) for b in (thumb.read_bytes(), expected)
+    )
+    assert got.shape == want.shape == (320, 213, 3)
+    assert np.abs(got - want).mean() < 4.0
     failed = sorted(name for name, row in after.items() if row[0] == "failed")
     assert failed == ["broken.jpg", "noise.jpg", "text.png"]
     status = json.loads(

@@ -1,9 +1,9 @@
 """Local files decoded as tensor batches on the model's device (GPU: nvjpeg).
 
-Decode workers read each file (its fingerprint, header, photo metadata and, when asked, a
-thumbnail from a small DCT-scaled decode) and hand over the JPEG bytes; the main process
-decodes each batch's JPEGs in one `decode_jpeg` call on the device and preprocesses them
-there (media/tensor_decode.py). Files the tensor decode does not take (other formats,
+Decode workers read each file (its fingerprint, header and photo metadata) and hand over
+the JPEG bytes; the main process decodes each batch's JPEGs in one `decode_jpeg` call on
+the device and preprocesses them there (media/tensor_decode.py); thumbnails are shrunk
+there too and only encoded (WebP) on the CPU, so no JPEG is entropy-decoded twice. Files the tensor decode does not take (other formats,
 greyscale, CMYK, progressive, too large) are decoded by the workers on the PIL path as
 before, and a JPEG that the tensor decode fails on is decoded on the PIL path in the main
 process: it embeds, or fails with the PIL path's reason. Images decoded this way are
@@ -31,8 +31,9 @@ from clipdex.media.tensor_decode import (
     decoder_works,
     preprocess_tensors,
     probe_jpeg,
+    thumbnail_pixels,
 )
-from clipdex.media.thumbnails import thumbnail_from_bytes
+from clipdex.media.thumbnails import THUMB_SIDE, make_thumbnail
 from clipdex.sources.fingerprint import read_fingerprinted
 from clipdex.sources.local import FileEntry
 
@@ -80,14 +81,9 @@ def choose_tensor_decode(
     prep = TensorPreprocess.from_cfg(preprocess_cfg)
     if prep is None:
         return None
-    if asked == "auto" and not (device.startswith("cuda") and _decodes_on(device)):
+    if asked == "auto" and not (device.startswith("cuda") and decoder_works(device)):
         return None
     return TensorDecode(device, prep)
-
-
-@functools.lru_cache(maxsize=4)
-def _decodes_on(device: str) -> bool:
-    return decoder_works(device)
 
 
 @dataclass
@@ -106,27 +102,14 @@ def read_file(
     thumbnail: bool = False,
 ) -> tuple[Decoded, Any]:
     """One local file -> (Decoded, Pending bytes for the tensor decode, or pixels decoded
-    on the PIL path, or None on failure)."""
+    on the PIL path, or None on failure). A pending JPEG's thumbnail is made later, from
+    the pixels the tensor decode gives."""
     content, readable = read_fingerprinted(entry.uri)
     header = probe_jpeg(readable, max_pixels) if isinstance(readable, bytes) else None
     if header is None:  # not for the tensor decode: the PIL path, as before
         return decode_file(entry, preprocess, max_pixels, decode_size, thumbnail)
-    thumb = None
-    if thumbnail:
-        try:
-            thumb = thumbnail_from_bytes(readable, max_pixels=max_pixels)
-        except ImageDecodeError:  # damaged pixels: the PIL path records why
-            return decode_file(entry, preprocess, max_pixels, decode_size, thumbnail)
     item = Decoded(
-        entry,
-        header.width,
-        header.height,
-        "JPEG",
-        None,
-        content,
-        TENSOR_DECODE,
-        header.meta,
-        thumb,
+        entry, header.width, header.height, "JPEG", None, content, TENSOR_DECODE, header.meta
     )
     return item, Pending(readable, header.orientation)
 
@@ -179,7 +162,7 @@ def tensor_batches(
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
     for samples in loader:
-        yield finish_batch(samples, tensor, preprocess, max_pixels, decode_size)
+        yield finish_batch(samples, tensor, preprocess, max_pixels, decode_size, thumbnails)
 
 
 def finish_batch(
@@ -188,9 +171,11 @@ def finish_batch(
     preprocess: Callable,
     max_pixels: int,
     decode_size: int | None,
+    thumbnails: bool = False,
 ) -> Batch:
-    """Decode a batch's pending JPEGs on the device in one call; a JPEG it fails on goes
-    the PIL path here. Returns the Batch with every decoded image's pixels, in order."""
+    """Decode a batch's pending JPEGs on the device in one call (and their thumbnails, if
+    asked); a JPEG it fails on goes the PIL path here. Returns the Batch with every
+    decoded image's pixels, in order."""
     import torch
 
     pending = [i for i, (_, value) in enumerate(samples) if isinstance(value, Pending)]
@@ -201,10 +186,21 @@ def finish_batch(
         orientations = [samples[i][1].orientation for i, _ in done]
         batch = preprocess_tensors([image for _, image in done], tensor.prep, orientations)
         pixels.update((i, batch[row]) for row, (i, _) in enumerate(done))
+    thumbs = {}
+    if thumbnails:
+        from PIL import Image
+
+        for i, image in done:
+            small = thumbnail_pixels(image, samples[i][1].orientation, THUMB_SIDE)
+            thumbs[i] = make_thumbnail(Image.fromarray(small))
     items = []
     for position, (item, value) in enumerate(samples):
+        if position in thumbs:
+            item = replace(item, thumbnail=thumbs[position])
         if isinstance(value, Pending) and position not in pixels:
-            item, value = _pil_fallback(item, value.data, preprocess, max_pixels, decode_size)
+            item, value = _pil_fallback(
+                item, value.data, preprocess, max_pixels, decode_size, thumbnails
+            )
         if position not in pixels and value is not None:
             pixels[position] = value.to(tensor.device)
         items.append(item)
@@ -213,7 +209,12 @@ def finish_batch(
 
 
 def _pil_fallback(
-    item: Decoded, data: bytes, preprocess: Callable, max_pixels: int, decode_size: int | None
+    item: Decoded,
+    data: bytes,
+    preprocess: Callable,
+    max_pixels: int,
+    decode_size: int | None,
+    thumbnail: bool,
 ) -> tuple[Decoded, Any]:
     """A JPEG the tensor decode failed on, decoded on the PIL path (or its failure)."""
     try:
@@ -224,5 +225,4 @@ def _pil_fallback(
     except Exception as exc:
         error = f"preprocessing failed: {exc}"
         return Decoded(item.entry, error=error, fingerprint=item.fingerprint), None
-    # The worker made its thumbnail (if asked) from the same bytes: keep it.
-    return replace(decoded(item.entry, loaded, item.fingerprint), thumbnail=item.thumbnail), pixels
+    return decoded(item.entry, loaded, item.fingerprint, thumbnail), pixels

@@ -194,6 +194,29 @@ def preprocess_tensors(
     return batch.sub_(mean).div_(std)
 
 
+def thumbnail_pixels(image: torch.Tensor, orientation: int, side: int):
+    """An upright uint8 (H, W, 3) numpy array of a decoded image shrunk to fit `side` (never
+    enlarged), resized on the image's device: the pixels of a thumbnail without decoding
+    the JPEG again on the CPU."""
+    import torch
+    from torch.nn import functional
+
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    scale = min(1.0, side / max(height, width))
+    stored = (max(1, round(height * scale)), max(1, round(width * scale)))
+    pixels = image.unsqueeze(0)
+    if stored != (height, width):
+        if image.device.type == "cpu":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        else:
+            pixels = pixels.float()
+        pixels = functional.interpolate(
+            pixels, size=stored, mode="bicubic", align_corners=False, antialias=True
+        )
+        pixels = pixels.round_().clamp_(0, 255).to(torch.uint8)
+    return orient(pixels[0], orientation).permute(1, 2, 0).contiguous().cpu().numpy()
+
+
 def decoder_works(device: str) -> bool:
     """Whether torchvision decodes JPEGs on `device` here (CUDA: built with nvjpeg)."""
     from PIL import Image
