@@ -47,9 +47,14 @@ def main() -> None:
     width, height = (int(v) for v in args.size.split("x"))
 
     import open_clip
+    import torch
 
     from clipdex.media.decode import load_image_for
     from clipdex.samples import draw_photo
+
+    # One thread for every path: open_clip's ToTensor and Normalize are torch ops too, and
+    # on a busy machine a second intra-op thread stalls them (docs/benchmarks.md).
+    torch.set_num_threads(1)
 
     preprocess = open_clip.image_transform(args.image_size, is_train=False)
     decode_size = 2 * args.image_size  # Embedder.decode_size
@@ -126,17 +131,12 @@ class TensorBench:
 
         from clipdex.media.tensor_decode import decode_jpegs, preprocess_tensors
 
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            started = time.perf_counter()
-            images = decode_jpegs(self.datas, device)
-            batch = preprocess_tensors(images, self.prep, self.orientations)
-            if device != "cpu":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - started
-        finally:
-            torch.set_num_threads(before)
+        started = time.perf_counter()
+        images = decode_jpegs(self.datas, device)
+        batch = preprocess_tensors(images, self.prep, self.orientations)
+        if device != "cpu":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
         if device in self.batches:  # cuda's first pass starts nvjpeg
             self.times.setdefault(device, []).append(elapsed)
         elif device == "cpu":

@@ -33,6 +33,7 @@ from clipdex.media.tensor_decode import (
 )
 from clipdex.samples import draw_photo
 from conftest import TINY, make_images, run_cli
+from exif_photos import exif_block
 
 PSNR_FLOOR_DB = 45.0
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -188,11 +189,22 @@ def _index_rows(index) -> dict[str, tuple]:
     return {row[0].rsplit("/", 1)[1]: row[1:] for row in rows}
 
 
+def _photo_meta(index) -> dict[str, tuple]:
+    db = sqlite3.connect(index / "catalog.sqlite")
+    rows = db.execute(
+        "SELECT i.uri, m.taken_at, m.taken_local, m.camera, m.lat, m.lon, m.orientation "
+        "FROM photo_meta m JOIN images i ON i.id = m.image_id"
+    ).fetchall()
+    db.close()
+    return {row[0].rsplit("/", 1)[1]: row[1:] for row in rows}
+
+
 @pytest.mark.slow
 def test_clipdex_index_through_the_tensor_decode_on_cpu(runner, tmp_path, monkeypatch):
     folder = tmp_path / "photos"
     make_images(folder, 9)  # JPEGs and PNGs, 24-80 px
-    (folder / "big.jpg").write_bytes(_jpeg(900, 600, seed=5, orientation=6))
+    exif = exif_block("2023:06:01 12:30:00", "+02:00", "Canon", "EOS R5", (48.85, 2.35), 6)
+    draw_photo(900, 600, 5).save(folder / "big.jpg", quality=90, exif=exif.tobytes())
     (folder / "grey.jpg").write_bytes(_encoded(draw_photo(200, 150, 6).convert("L")))
     (folder / "prog.jpg").write_bytes(_encoded(draw_photo(200, 150, 7), progressive=True))
     whole = _jpeg(300, 200, seed=8)
@@ -231,6 +243,7 @@ def test_clipdex_index_through_the_tensor_decode_on_cpu(runner, tmp_path, monkey
     assert np.abs(got - want).mean() < 4.0
     failed = sorted(name for name, row in after.items() if row[0] == "failed")
     assert failed == ["broken.jpg", "noise.jpg", "text.png"]
+    assert _photo_meta(tensor) == _photo_meta(pil) and "big.jpg" in _photo_meta(tensor)
     status = json.loads(
         run_cli(runner, "status", "--index", str(tensor), "--format", "json").stdout
     )
