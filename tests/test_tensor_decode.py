@@ -125,6 +125,60 @@ def test_the_path_is_chosen_per_run(monkeypatch):
         decode_path_from_env()
 
 
+def test_batches_keep_order_fall_back_per_image_and_bound_device_pixels(tmp_path, monkeypatch):
+    """tensor_batches in the main process (no workers): a JPEG the batch decode fails on
+    fails with the PIL path's reason, a PNG takes the PIL path, and with the pixel bound
+    at one photo each JPEG is decoded alone, giving the same pixels."""
+    import open_clip
+    import torch
+
+    from clipdex.indexer.pipeline import decode_file
+    from clipdex.indexer.tensor_pipeline import TensorDecode, tensor_batches
+    from clipdex.sources.local import FileEntry
+
+    whole = _jpeg(120, 90, seed=3)
+    files = {
+        "a.jpg": _jpeg(90, 120, seed=1, orientation=8),
+        "b.png": _encoded(draw_photo(100, 70, 2), "PNG"),
+        "c.jpg": whole[: len(whole) // 2],
+        "d.jpg": _jpeg(160, 100, seed=4),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    entries = [FileEntry(str(tmp_path / name), len(data), 0) for name, data in files.items()]
+    preprocess = open_clip.image_transform(32, is_train=False)
+    tensor = TensorDecode("cpu", TensorPreprocess(32, MEAN, STD))
+    calls = []
+    real = tensor_pipeline.decode_jpegs
+    monkeypatch.setattr(
+        tensor_pipeline,
+        "decode_jpegs",
+        lambda datas, device: calls.append(len(datas)) or real(datas, device),
+    )
+
+    def run():
+        (batch,) = tensor_batches(entries, preprocess, tensor, 8, 0, 10**8, None, True)
+        return batch
+
+    whole_batch = run()
+    assert calls == [3]
+    items = whole_batch.items
+    assert [item.decode for item in items] == ["tensor", "exact", None, "tensor"]
+    assert [(item.width, item.height) for item in items[:2]] == [(120, 90), (100, 70)]
+    assert items[2].error == decode_file(entries[2], preprocess, 10**8, None)[0].error
+    assert items[2].error.startswith("corrupt or truncated")
+    assert all(item.thumbnail for item in (items[0], items[1], items[3]))
+    assert whole_batch.pixels.shape == (3, 3, 32, 32)
+    reference = torch.stack(
+        [preprocess(load_image(files[n])[0]) for n in ("a.jpg", "b.png", "d.jpg")]
+    )
+    assert min(_psnr(a, b) for a, b in zip(whole_batch.pixels, reference, strict=True)) >= 40
+    calls.clear()
+    monkeypatch.setattr(tensor_pipeline, "MAX_CHUNK_PIXELS", 120 * 90)
+    assert torch.equal(run().pixels, whole_batch.pixels)
+    assert calls == [1, 1, 1]
+
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)  # unit vectors
 

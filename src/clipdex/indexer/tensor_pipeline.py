@@ -42,6 +42,9 @@ DECODE_PATH_ENV = "CLIPDEX_DECODE_PATH"
 DECODE_PATHS = ("auto", "tensor", "pil")
 #: The decode kind recorded for images the tensor decode embedded.
 TENSOR_DECODE = "tensor"
+#: Decoded pixels one decode_jpeg call may produce (3 bytes each on the device, several
+#: times that while resizing): 16 12-MP photos, 256 of 640x480.
+MAX_CHUNK_PIXELS = 200_000_000
 
 
 def decode_path_from_env() -> str:
@@ -179,20 +182,23 @@ def finish_batch(
     import torch
 
     pending = [i for i, (_, value) in enumerate(samples) if isinstance(value, Pending)]
-    images = decode_jpegs([samples[i][1].data for i in pending], tensor.device)
-    done = [(i, image) for i, image in zip(pending, images, strict=True) if image is not None]
     pixels: dict[int, Any] = {}
-    if done:
+    thumbs: dict[int, tuple[bytes, str]] = {}
+    for chunk in _chunks(pending, [samples[i][0] for i in pending]):
+        images = decode_jpegs([samples[i][1].data for i in chunk], tensor.device)
+        done = [(i, image) for i, image in zip(chunk, images, strict=True) if image is not None]
+        if not done:
+            continue
         orientations = [samples[i][1].orientation for i, _ in done]
         batch = preprocess_tensors([image for _, image in done], tensor.prep, orientations)
         pixels.update((i, batch[row]) for row, (i, _) in enumerate(done))
-    thumbs = {}
-    if thumbnails:
-        from PIL import Image
+        if thumbnails:
+            from PIL import Image
 
-        for i, image in done:
-            small = thumbnail_pixels(image, samples[i][1].orientation, THUMB_SIDE)
-            thumbs[i] = make_thumbnail(Image.fromarray(small))
+            for (i, image), orientation in zip(done, orientations, strict=True):
+                small = thumbnail_pixels(image, orientation, THUMB_SIDE)
+                thumbs[i] = make_thumbnail(Image.fromarray(small))
+        del images, done  # the full-size pixels of this chunk
     items = []
     for position, (item, value) in enumerate(samples):
         if position in thumbs:
@@ -206,6 +212,22 @@ def finish_batch(
         items.append(item)
     ordered = [pixels[i] for i in range(len(samples)) if i in pixels]
     return Batch(items, torch.stack(ordered) if ordered else None)
+
+
+def _chunks(positions: list[int], items: list[Decoded]) -> Iterator[list[int]]:
+    """Positions in runs of at most MAX_CHUNK_PIXELS decoded pixels (headers' sizes), so
+    a batch of large photos never holds every full-size decode on the device at once."""
+    chunk: list[int] = []
+    total = 0
+    for position, item in zip(positions, items, strict=True):
+        size = (item.width or 0) * (item.height or 0)
+        if chunk and total + size > MAX_CHUNK_PIXELS:
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(position)
+        total += size
+    if chunk:
+        yield chunk
 
 
 def _pil_fallback(
