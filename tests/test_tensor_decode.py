@@ -179,6 +179,20 @@ def test_batches_keep_order_fall_back_per_image_and_bound_device_pixels(tmp_path
     assert calls == [1, 1, 1]
 
 
+def test_an_unknown_decode_path_is_one_line_before_anything_is_written(
+    runner, tmp_path, monkeypatch
+):
+    make_images(tmp_path / "photos", 2)
+    monkeypatch.setenv(DECODE_PATH_ENV, "gpu")
+    out = run_cli(
+        runner, "index", str(tmp_path / "photos"), "--index", str(tmp_path / "i"), expect=1
+    )
+    assert out.output.strip().splitlines() == [
+        "Error: CLIPDEX_DECODE_PATH='gpu' is not a decode path; use one of auto, tensor, pil"
+    ]
+    assert not (tmp_path / "i").exists()
+
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)  # unit vectors
 

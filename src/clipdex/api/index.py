@@ -35,6 +35,7 @@ from clipdex.defaults import (
 from clipdex.errors import IndexNotFoundError, SourceError
 from clipdex.indexer.ray_run import RayOptions, require_ray
 from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_source
+from clipdex.indexer.tensor_pipeline import decode_path_from_env
 from clipdex.models.device import DEFAULT_DEVICE, DEFAULT_PRECISION
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model
@@ -348,6 +349,7 @@ class Index:
             on_progress: called as on_progress(phase, done, total).
         """
         budget = check_settings(index_type, target_recall, memory_budget)
+        decode_path_from_env()  # a bad CLIPDEX_DECODE_PATH fails before anything is written
         if ray is not None:
             require_ray()  # before anything is opened or written
         try:
