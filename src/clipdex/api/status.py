@@ -50,7 +50,8 @@ class IndexStatus:
     classify_run: int | None = None
     label_counts: list[tuple[str, int]] = field(default_factory=list)
     #: Embedded images by how the model saw them: "exact" (full decode), "draft" (decoded
-    #: smaller), "unknown" (embedded before clipdex recorded it).
+    #: smaller), "tensor" (full decode by the batched tensor decode, on the GPU or forced
+    #: on CPU: indexer/tensor_pipeline.py), "unknown" (embedded before clipdex recorded it).
     decode: dict[str, int] = field(default_factory=dict)
     #: The store's own settings (an IVF's nlist, nprobe, code size, measured recall@10).
     index_parameters: dict = field(default_factory=dict)

@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 @dataclass
 class Decoded:
     """One file after decoding: image size and format, or the reason it failed; `decode`
-    says whether the model saw the full decode ("exact") or a smaller one ("draft")."""
+    says whether the model saw the full decode ("exact") or a smaller one ("draft"), or
+    the batched tensor decode's ("tensor", indexer/tensor_pipeline.py)."""
 
     entry: FileEntry
     width: int | None = None

@@ -68,8 +68,10 @@ class TensorDecode:
 
     @property
     def label(self) -> str:
-        """ "GPU (nvjpeg)" on CUDA, "CPU (tensor)" when forced on the CPU."""
-        return "GPU (nvjpeg)" if self.device.startswith("cuda") else "CPU (tensor)"
+        """E.g. "GPU (nvjpeg)" on CUDA, "CPU (tensor)" when forced on the CPU."""
+        if self.device.startswith("cuda"):
+            return "GPU (nvjpeg)"
+        return f"{self.device.split(':')[0].upper()} (tensor)"
 
 
 def choose_tensor_decode(
