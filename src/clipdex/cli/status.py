@@ -93,6 +93,8 @@ def print_status(status: IndexStatus, fmt: str) -> None:
         lines.insert(-1, f"          {_parameters(status.index_parameters)}")
     if status.index_retrained:
         lines.insert(-1, f"          retrained: {escape_control(status.index_retrained)}")
+    if status.search_device:
+        lines.insert(-1, f"          search on the {status.search_device}")
     if status.index_load is not None and status.index_load.action != "loaded":
         lines.append(
             f"          faiss file was {status.index_load.action}: "

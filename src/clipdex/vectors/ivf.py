@@ -24,6 +24,7 @@ import numpy as np
 
 from clipdex.vectors import ivf_tuning
 from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind, as_ids, as_matrix
+from clipdex.vectors.gpu import GpuCopy
 from clipdex.vectors.ivf_tuning import SAMPLE_PER_LIST, TRAIN_MAX, TUNING_QUERIES
 
 #: Recall@10 against exact search that nprobe is tuned to reach, unless asked otherwise.
@@ -85,6 +86,8 @@ class IVFStore:
         self.mapped = False
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._ids: np.ndarray | None = None
+        #: Unfiltered searches run on a GPU copy where FAISS has a GPU (vectors/gpu.py).
+        self.gpu = GpuCopy()
         if self.trained:
             self.nprobe = int(self.index.nprobe)
             self.trained_on = self.measured_on = self.ntotal
@@ -159,6 +162,7 @@ class IVFStore:
     def _changed(self) -> None:
         self.dirty = True
         self._ids = None
+        self.gpu.drop()
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The vectors held under `ids` (every one must be held); lossy for SQ8 and PQ."""
@@ -270,6 +274,11 @@ class IVFStore:
         if k <= 0:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
+        if held is None:  # on the GPU copy when there is one, else on the CPU below
+            probes = int(nprobe or self.nprobe or 1) if self.trained else None
+            on_gpu = self.gpu.search(self.index, queries, k, probes)
+            if on_gpu is not None:
+                return on_gpu
         if not self.trained:
             params = None
             if held is not None:

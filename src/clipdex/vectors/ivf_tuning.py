@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdex.vectors.base import DEFAULT_CHUNK
+from clipdex.vectors.gpu import kmeans_on_gpu
 
 if TYPE_CHECKING:
     from clipdex.vectors.ivf import IVFStore
@@ -41,7 +42,8 @@ def fit_ivf(dim: int, factory: str, vectors: np.ndarray, ids: np.ndarray, sample
     ivf = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.verbose = False
     ivf.cp.niter = KMEANS_ITERATIONS[len(sample) > TRAIN_MAX // 2]
-    ivf.train(np.ascontiguousarray(vectors[sample]))
+    with kmeans_on_gpu(ivf):  # where FAISS has a GPU; else on the CPU
+        ivf.train(np.ascontiguousarray(vectors[sample]))
     ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
     for start in range(0, len(ids), DEFAULT_CHUNK):
         ivf.add_with_ids(vectors[start : start + DEFAULT_CHUNK], ids[start : start + DEFAULT_CHUNK])
