@@ -68,13 +68,30 @@ def retrain_reason(store: IVFStore) -> str | None:
     (after REMEASURE_GROWTH) fell below the target that training had reached."""
     if not store.trained:
         return None
-    if store.trained_on and store.ntotal >= RETRAIN_GROWTH * store.trained_on:
-        return f"grew from {store.trained_on:,} to {store.ntotal:,} vectors since training"
+    grown = retrain_due(store.trained_on, store.ntotal, None, None, store.target_recall)
+    if grown:
+        return grown
     if store.ntotal >= REMEASURE_GROWTH * max(store.measured_on, 1):
         store.remeasure()
-    reached = store.trained_recall is None or store.trained_recall >= store.target_recall
-    if store.recall is not None and store.recall < store.target_recall and reached:
-        return f"recall@10 fell to {store.recall:.3f}, below the target {store.target_recall}"
+    return retrain_due(
+        store.trained_on, store.ntotal, store.recall, store.trained_recall, store.target_recall
+    )
+
+
+def retrain_due(
+    trained_on: int,
+    ntotal: int,
+    recall: float | None,
+    trained_recall: float | None,
+    target: float,
+) -> str | None:
+    """The retraining rule on recorded numbers (a store's, or its sidecar's): why a trained
+    IVF should be retrained, or None."""
+    if trained_on and ntotal >= RETRAIN_GROWTH * trained_on:
+        return f"grew from {trained_on:,} to {ntotal:,} vectors since training"
+    reached = trained_recall is None or trained_recall >= target
+    if recall is not None and recall < target and reached:
+        return f"recall@10 fell to {recall:.3f}, below the target {target}"
     return None
 
 
