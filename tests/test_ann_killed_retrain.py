@@ -152,6 +152,9 @@ def test_a_sigkilled_retrain_leaves_the_old_index_whole_and_the_next_run_finishe
     assert temporaries(index_dir) == []
     assert "sampled recall@10" in check_ok(runner)
     assert len(results(runner)) >= 10  # (an IVF fills k = 20 from its probed lists only)
+    bound = retrained["parameters"]["recall_bound"]
+    status = run_cli(runner, "status").stdout
+    assert f"(target 0.95, 95% lower bound {bound:.3f})" in status and "retrained: grew" in status
     # and nothing is owed any more: a further run does not retrain again
     run_cli(runner, "index", str(photos), "--workers", "0")
     assert sidecar(index_dir) == retrained

@@ -53,9 +53,11 @@ def _parameters(p: dict) -> str:
     text = (
         f"; on {p.get('text_queries')} text queries {text:.3f}" if isinstance(text, float) else ""
     )
+    bound = p.get("recall_bound")
+    bound = f", 95% lower bound {bound:.3f}" if isinstance(bound, float) else ""
     return (
         f"nlist {p.get('nlist')}, nprobe {p.get('nprobe')}, {p.get('code_size')} B a vector; "
-        f"recall@10 {measured}{text} (target {p.get('target_recall')})"
+        f"recall@10 {measured}{text} (target {p.get('target_recall')}{bound})"
     )
 
 

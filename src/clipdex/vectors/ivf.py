@@ -72,6 +72,8 @@ class IVFStore:
         self.target_recall = target_recall or DEFAULT_TARGET_RECALL
         self.nprobe = 0
         self.recall: float | None = None
+        #: The lower 95% confidence bound of `recall` (what tuning holds to the target).
+        self.recall_bound: float | None = None
         #: Vectors held when trained, and when recall was last measured (retraining).
         self.trained_on = 0
         self.measured_on = 0
@@ -81,6 +83,7 @@ class IVFStore:
         self.retrained = ""
         #: Recall@10 measured with text vectors (labels, past queries) as queries.
         self.text_recall: float | None = None
+        self.text_recall_bound: float | None = None
         self.text_queries = 0
         #: Memory-mapped read-only (vectors.open_store(mmap=True)): `detach` before a change.
         self.mapped = False
@@ -187,10 +190,15 @@ class IVFStore:
                 code_size=code_size,
                 target_recall=self.target_recall,
                 recall=self.recall,
+                recall_bound=self.recall_bound,
                 trained_on=self.trained_on,
             )
             if self.text_queries:
-                parameters.update(text_recall=self.text_recall, text_queries=self.text_queries)
+                parameters.update(
+                    text_recall=self.text_recall,
+                    text_recall_bound=self.text_recall_bound,
+                    text_queries=self.text_queries,
+                )
             # codes and ids in the lists, the direct map, the centroids
             size = self.ntotal * (code_size + 8 + 16) + self.index.nlist * self.dim * 4
         else:
