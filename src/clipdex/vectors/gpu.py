@@ -90,7 +90,8 @@ class GpuCopy:
         params = None if nprobe is None else faiss.SearchParametersIVF(nprobe=int(nprobe))
         try:
             found = gpu_index.search(queries, k, params=params)
-        except RuntimeError as exc:  # a FAISS limit: answer on the CPU, stop trying
+        except (RuntimeError, TypeError) as exc:  # a FAISS limit, or an older faiss-gpu
+            # without search parameters: answer on the CPU, stop trying until a change
             self.index, self.failed = None, _first_line(exc)
             return None
         self.searches += 1
