@@ -18,6 +18,7 @@ from clipdex.vectors import (
     chosen_kind,
     read_sidecar,
 )
+from clipdex.vectors.gpu import search_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipdex.api.index import Index
@@ -62,6 +63,8 @@ class IndexStatus:
     #: Why "auto" holds its kind, and why the store was last retrained ("" if never).
     index_reason: str = ""
     index_retrained: str = ""
+    #: Where searches run in this process: the GPU, or the CPU and why (vectors/gpu.py).
+    search_device: str = ""
 
 
 def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
@@ -92,6 +95,7 @@ def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
         index_asked=catalog.index_settings()[0],
         index_reason=store.reason if store else "",
         index_retrained=store.retrained if store else "",
+        search_device=search_device(store.kind, store.parameters) if store else "",
         photos=PhotoMetaStore(catalog).summary(),
     )
 

@@ -53,9 +53,11 @@ def _parameters(p: dict) -> str:
     text = (
         f"; on {p.get('text_queries')} text queries {text:.3f}" if isinstance(text, float) else ""
     )
+    bound = p.get("recall_bound")
+    bound = f", 95% lower bound {bound:.3f}" if isinstance(bound, float) else ""
     return (
         f"nlist {p.get('nlist')}, nprobe {p.get('nprobe')}, {p.get('code_size')} B a vector; "
-        f"recall@10 {measured}{text} (target {p.get('target_recall')})"
+        f"recall@10 {measured}{text} (target {p.get('target_recall')}{bound})"
     )
 
 
@@ -93,6 +95,8 @@ def print_status(status: IndexStatus, fmt: str) -> None:
         lines.insert(-1, f"          {_parameters(status.index_parameters)}")
     if status.index_retrained:
         lines.insert(-1, f"          retrained: {escape_control(status.index_retrained)}")
+    if status.search_device:
+        lines.insert(-1, f"          search on the {status.search_device}")
     if status.index_load is not None and status.index_load.action != "loaded":
         lines.append(
             f"          faiss file was {status.index_load.action}: "

@@ -37,6 +37,7 @@ from clipdex.vectors import (
     is_current,
     maintain,
     open_store,
+    pending_rebuild,
     save_store,
 )
 
@@ -145,6 +146,7 @@ def index_source(
     balance = ""
     has_model = catalog.model_identity() is not None
     stale = has_model and not is_current(folder, catalog)  # killed before a save
+    stale = stale or (has_model and pending_rebuild(folder, catalog) is not None)  # or retrain
     if has_model and (embedder is not None or plan.unlink_ids or plan.reuse or stale):
         thumbs = ThumbnailStore(folder)
         vectors, _ = open_store(folder, catalog)
@@ -175,7 +177,7 @@ def index_source(
                 if vectors.dirty:
                     save_store(vectors, folder)
             raise
-        vectors = maintain(vectors, catalog)  # auto's kind decided again; IVF retrained
+        vectors = maintain(vectors, catalog, folder)  # auto's kind again; IVF retrained
         if vectors.dirty:
             save_store(vectors, folder)
         thumbs.prune(catalog)  # the thumbnails of images deleted now (or by earlier writers)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterator
@@ -114,6 +115,22 @@ def _plan(path: str | os.PathLike) -> _Plan:
     if not stat.S_ISREG(existing.st_mode):
         return _Plan(current, in_place=True)
     return _Plan(current, in_place=False, existing=existing)
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[str]:
+    """Delete the temporary files a writer killed mid-write left beside `path` (the names
+    `_create_temporary` gives); returns their names. Only for a caller that knows no other
+    writer of `path` is alive (it holds the folder's writer lock)."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}\.tmp")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    return removed
 
 
 def _create_temporary(plan: _Plan) -> tuple[int, str]:

@@ -5,6 +5,8 @@ base.py     the VectorStore protocol (add, remove, search with an id filter, ite
 flat.py     FlatStore: exact search, IndexIDMap2(IndexFlatIP) (the default kind)
 ivf.py      IVFStore, IVFSQ8Store, IVFPQStore: approximate kinds (ivf, ivf-sq8, ivf-pq)
 ivf_tuning.py  IVF training, nprobe tuning and retrain decisions (IVFStore calls it)
+gpu.py      FAISS on a GPU where it has one: k-means for training, search copies
+pending.py  a retrain or kind change the saved store is still owed (from its sidecar)
 persist.py  vectors.faiss + vectors.json: save, load and validate, open (catch up or rebuild)
 check.py    check_index: the catalog and the saved store agree; repair rebuilds
 
@@ -30,6 +32,7 @@ from clipdex.vectors.auto import AUTO, Choice, choose_within
 from clipdex.vectors.base import StoreStats, StoreType, VectorStore, WrongKind
 from clipdex.vectors.flat import FlatStore
 from clipdex.vectors.ivf import IVFPQStore, IVFSQ8Store, IVFStore
+from clipdex.vectors.pending import pending_rebuild
 from clipdex.vectors.persist import (
     EMPTY_INDEX,
     INDEX_FILE,
@@ -77,6 +80,7 @@ __all__ = [
     "maintain",
     "new_store",
     "open_store",
+    "pending_rebuild",
     "read_sidecar",
     "rebuild_store",
     "save_store",
@@ -169,22 +173,28 @@ def rebuild_store(catalog: Catalog, kind: str | None = None) -> VectorStore:
     return _tuned_on_text(_with_choice(rebuild(catalog, _builder(catalog, kind)), catalog), catalog)
 
 
-def maintain(store: VectorStore, catalog: Catalog) -> VectorStore:
+def maintain(store: VectorStore, catalog: Catalog, folder: Path | None = None) -> VectorStore:
     """What a writer does before saving after a run: under "auto", decide the kind again
     for the vectors held now (a change rebuilds from the stored vectors); an IVF whose
     collection grew well past its training, or whose measured recall fell below its
     target, is retrained from the stored vectors (nothing is re-embedded). The caller
-    saves the result (an atomic replace: a killed retrain leaves the old file)."""
+    saves the result (an atomic replace: a killed retrain leaves the old file).
+
+    Given the `folder`, a changed store is saved there before a rebuild or retrain, so a
+    run killed meanwhile leaves a file in step with the catalog; its sidecar then says
+    what is still owed (`pending_rebuild`), and the next run does it."""
     kind, _ = catalog.index_settings()
     if kind == AUTO:
         choice = choose_within(store.ntotal, store.dim, catalog.memory_budget(), store.kind)
         if choice.kind != store.kind:
+            _save_before_rebuild(store, folder)
             fresh = rebuild(catalog, _builder(catalog, choice.kind))
             return _tuned_on_text(_with_choice(fresh, catalog, choice), catalog)
         store.choice = choice.as_dict()
     retrain = getattr(store, "retrain_reason", None)
     why = retrain() if retrain is not None else None
     if why:
+        _save_before_rebuild(store, folder)
         fresh = rebuild(catalog, _builder(catalog, store.kind))
         fresh.retrained = why
         fresh.choice = getattr(store, "choice", None)
@@ -197,6 +207,16 @@ def maintain(store: VectorStore, catalog: Catalog) -> VectorStore:
         if count and (texts == 0 or count >= 2 * texts):  # new, or twice as many now
             _tuned_on_text(store, catalog)
     return store
+
+
+def _save_before_rebuild(store: VectorStore, folder: Path | None) -> None:
+    """Save the store about to be replaced unless the saved file already reflects the
+    same catalog change: a killed rebuild leaves that file."""
+    if folder is None or not store.dirty:
+        return
+    saved = read_sidecar(folder / SIDECAR_FILE)
+    if saved is None or saved["seq"] != store.seq or saved["type"] != store.kind:
+        save_store(store, folder)
 
 
 #: Text-query vectors (cached past queries) an ANN store also tunes on.

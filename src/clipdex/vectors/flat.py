@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 
 from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind, as_ids, as_matrix
+from clipdex.vectors.gpu import gpu_count
 
 
 class FlatStore:
@@ -165,13 +166,3 @@ def is_flat_ip(index, dim: int) -> bool:
         return False
     flat = faiss.downcast_index(index.index)
     return isinstance(flat, faiss.IndexFlat) and flat.metric_type == faiss.METRIC_INNER_PRODUCT
-
-
-def gpu_count() -> int:
-    """GPUs FAISS can use (0 with a CPU-only build)."""
-    import faiss
-
-    try:
-        return int(faiss.get_num_gpus())
-    except AttributeError:
-        return 0

@@ -24,6 +24,7 @@ import numpy as np
 
 from clipdex.vectors import ivf_tuning
 from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind, as_ids, as_matrix
+from clipdex.vectors.gpu import GpuCopy
 from clipdex.vectors.ivf_tuning import SAMPLE_PER_LIST, TRAIN_MAX, TUNING_QUERIES
 
 #: Recall@10 against exact search that nprobe is tuned to reach, unless asked otherwise.
@@ -71,6 +72,8 @@ class IVFStore:
         self.target_recall = target_recall or DEFAULT_TARGET_RECALL
         self.nprobe = 0
         self.recall: float | None = None
+        #: The lower 95% confidence bound of `recall` (what tuning holds to the target).
+        self.recall_bound: float | None = None
         #: Vectors held when trained, and when recall was last measured (retraining).
         self.trained_on = 0
         self.measured_on = 0
@@ -80,11 +83,14 @@ class IVFStore:
         self.retrained = ""
         #: Recall@10 measured with text vectors (labels, past queries) as queries.
         self.text_recall: float | None = None
+        self.text_recall_bound: float | None = None
         self.text_queries = 0
         #: Memory-mapped read-only (vectors.open_store(mmap=True)): `detach` before a change.
         self.mapped = False
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._ids: np.ndarray | None = None
+        #: Unfiltered searches run on a GPU copy where FAISS has a GPU (vectors/gpu.py).
+        self.gpu = GpuCopy()
         if self.trained:
             self.nprobe = int(self.index.nprobe)
             self.trained_on = self.measured_on = self.ntotal
@@ -159,6 +165,7 @@ class IVFStore:
     def _changed(self) -> None:
         self.dirty = True
         self._ids = None
+        self.gpu.drop()
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The vectors held under `ids` (every one must be held); lossy for SQ8 and PQ."""
@@ -183,10 +190,15 @@ class IVFStore:
                 code_size=code_size,
                 target_recall=self.target_recall,
                 recall=self.recall,
+                recall_bound=self.recall_bound,
                 trained_on=self.trained_on,
             )
             if self.text_queries:
-                parameters.update(text_recall=self.text_recall, text_queries=self.text_queries)
+                parameters.update(
+                    text_recall=self.text_recall,
+                    text_recall_bound=self.text_recall_bound,
+                    text_queries=self.text_queries,
+                )
             # codes and ids in the lists, the direct map, the centroids
             size = self.ntotal * (code_size + 8 + 16) + self.index.nlist * self.dim * 4
         else:
@@ -270,6 +282,11 @@ class IVFStore:
         if k <= 0:
             empty = np.zeros((len(queries), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
+        if held is None:  # on the GPU copy when there is one, else on the CPU below
+            probes = int(nprobe or self.nprobe or 1) if self.trained else None
+            on_gpu = self.gpu.search(self.index, queries, k, probes)
+            if on_gpu is not None:
+                return on_gpu
         if not self.trained:
             params = None
             if held is not None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipdex.errors import CatalogError
-from clipdex.storage.atomic import atomic_write_path
+from clipdex.storage.atomic import atomic_write_path, remove_leftovers
 from clipdex.vectors.base import StoreType, VectorStore, WrongKind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -225,9 +225,12 @@ def norm_tolerance(store: VectorStore) -> float:
 def save_store(store: VectorStore, folder: Path) -> None:
     """Write the store and then its sidecar, each atomically (a temporary file in the same
     folder, fsynced, renamed into place); CatalogError if either cannot be written.
-    A kind that trains (IVF) trains first, once it holds enough vectors."""
+    A kind that trains (IVF) trains first, once it holds enough vectors. Temporary files
+    of a writer killed mid-save are removed (callers hold the writer lock)."""
     if hasattr(store, "prepare"):
         store.prepare()
+    for name in (INDEX_FILE, SIDECAR_FILE):
+        remove_leftovers(folder / name)
     _atomic_write(folder / INDEX_FILE, store.write_file)
     sidecar = {"type": store.kind, "dim": store.dim, "seq": store.seq, "ntotal": store.ntotal}
     with contextlib.suppress(OSError):  # lets `status` trust the sidecar without reading
