@@ -22,6 +22,9 @@ from clipdex.types import ModelIdentity
 
 #: Passes over at most this many token rows run on one BLAS thread (blas_threads).
 FEW_ROWS = 128
+#: Rows the activation takes at a time (its many elementwise passes then stay in cache:
+#: measured 0.22-0.27 s for 4096 x 2048 in pieces of 64-128 rows, 0.83 s at once).
+ACT_ROWS = 128
 #: open_clip's LayerNorm epsilon (torch's default).
 EPS = 1e-5
 
@@ -191,7 +194,9 @@ class NumpyTextNet:
         out = (scores @ v).transpose(0, 2, 1, 3).reshape(n * length, width)
         x = x + out @ w[p + "attn.out_proj.weight"].T + w[p + "attn.out_proj.bias"]
         y = layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"])
-        h = self.act(y @ w[p + "mlp.c_fc.weight"].T + w[p + "mlp.c_fc.bias"])
+        h = y @ w[p + "mlp.c_fc.weight"].T + w[p + "mlp.c_fc.bias"]
+        for start in range(0, len(h), ACT_ROWS):  # in cache-sized pieces: 3-4x faster
+            h[start : start + ACT_ROWS] = self.act(h[start : start + ACT_ROWS])
         return x + h @ w[p + "mlp.c_proj.weight"].T + w[p + "mlp.c_proj.bias"]
 
 
