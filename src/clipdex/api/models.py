@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from clipdex.errors import ModelMismatchError
-from clipdex.models.numpy_tower import cache_text_tower, load_numpy_text_encoder
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model, spec_for
 from clipdex.models.text_encoder import TextEncoder, load_text_encoder
-from clipdex.models.text_numpy import NumpyTextEncoder
 from clipdex.types import ModelIdentity
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.models.text_numpy import NumpyTextEncoder
 
 
 class ModelLoader:
@@ -58,6 +60,9 @@ class ModelLoader:
                 )
             ):
                 return cached  # weights in memory: a file changed since cannot affect them
+            # imported here: a cached query (no model) never pays for them
+            from clipdex.models.numpy_tower import cache_text_tower, load_numpy_text_encoder
+
             embedder = None
             if text_only:  # numpy from the tower cache (no torch), else torch's text tower
                 embedder = load_numpy_text_encoder(spec, want, self.device, self.precision)
@@ -71,7 +76,7 @@ class ModelLoader:
                     "with, or rebuild the index with the new ones",
                     hint="rebuild",
                 )
-            if not isinstance(embedder, NumpyTextEncoder):
+            if not getattr(embedder, "from_cache", False):
                 cache_text_tower(embedder)  # its identity checked: the next process may use it
             self.loaded = embedder
             return embedder

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import html
 import importlib.util
 import itertools
 from collections.abc import Sequence
@@ -120,6 +119,8 @@ class BPETokenizer:
 
 def clean(text: str) -> str:
     """open_clip's 'lower' cleaning: ftfy, HTML unescaped twice, whitespace folded."""
+    import html
+
     import ftfy
 
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()

@@ -206,6 +206,8 @@ class NumpyTextEncoder:
 
     #: Only text: a caller that needs images loads the whole model.
     text_only = True
+    #: Its weights came from the tower cache (nothing to export).
+    from_cache = True
     device = "cpu"
     precision = "fp32"
 
