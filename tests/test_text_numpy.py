@@ -28,7 +28,13 @@ from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, file_sha256
 from clipdex.models.text_encoder import TextEncoder, load_text_encoder
 from clipdex.models.text_numpy import NumpyTextEncoder, erf, gelu, quick_gelu
-from clipdex.models.tower_cache import checkpoint_sha256, load_tower, save_tower, tower_folder
+from clipdex.models.tower_cache import (
+    cache_root,
+    checkpoint_sha256,
+    load_tower,
+    save_tower,
+    tower_folder,
+)
 from conftest import make_images
 
 TEXTS = [
@@ -60,6 +66,7 @@ def tiny_checkpoint(tmp_path) -> Path:
 def torch_and_numpy(spec: ModelSpec) -> tuple[TextEncoder, NumpyTextEncoder]:
     """The torch text tower, exported; then the numpy one read from the cache."""
     assert load_numpy_text_encoder(spec, None, "cpu", "fp32") is None  # nothing cached yet
+    assert not (cache_root() / "checkpoints.json").exists()  # so not even hashed
     tower = load_text_encoder(spec, "cpu", "fp32")
     assert isinstance(tower, TextEncoder)
     cache_text_tower(tower)

@@ -29,7 +29,7 @@ from clipdex.models.text_numpy import (
     NumpyTextNet,
     tower_shapes,
 )
-from clipdex.models.tower_cache import checkpoint_sha256, load_tower, save_tower
+from clipdex.models.tower_cache import any_tower, checkpoint_sha256, load_tower, save_tower
 from clipdex.types import ModelIdentity
 
 #: Environment variable choosing the text backend: "auto" (default) or "torch".
@@ -83,7 +83,7 @@ def load_numpy_text_encoder(
     if not serves(device, precision):
         return None
     config = tower_config(spec.name)
-    if config is None:
+    if config is None or not any_tower(spec.name):
         return None
     identity = _identity_of(spec, want, config)
     if identity is None:

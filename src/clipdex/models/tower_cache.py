@@ -52,8 +52,18 @@ def cache_root() -> Path:
 def tower_folder(name: str, weights: str) -> Path:
     """The folder of the text tower of model `name` with `weights`."""
     key = hashlib.sha256(json.dumps([FORMAT, name, weights]).encode()).hexdigest()[:24]
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64]
-    return cache_root() / "text-towers" / f"{safe}-{key}"
+    return cache_root() / "text-towers" / f"{_safe(name)}-{key}"
+
+
+def any_tower(name: str) -> bool:
+    """Whether any weights of model `name` are cached (else a checkpoint need not be
+    hashed to look for its tower: torch's load hashes it anyway)."""
+    folder = cache_root() / "text-towers"
+    return folder.is_dir() and any(folder.glob(f"{_safe(name)}-*/manifest.json"))
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64]
 
 
 def load_tower(name: str, weights: str, config: dict) -> dict[str, np.ndarray] | None:
