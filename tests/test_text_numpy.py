@@ -178,6 +178,20 @@ def test_an_export_killed_half_way_leaves_no_cache(tiny_checkpoint, monkeypatch)
     assert load_numpy_text_encoder(spec, None, "cpu", "fp32") is None
 
 
+def test_only_the_latest_towers_are_kept(tmp_path, monkeypatch):
+    from clipdex.models import tower_cache
+
+    monkeypatch.setattr(tower_cache, "MAX_TOWERS", 2)
+    config = tower_config("clipdex-tiny")
+    arrays = {"a": np.ones(3, dtype=np.float32)}
+    folders = []
+    for i in range(4):
+        folders.append(save_tower("clipdex-tiny", f"sha256:{i}", config, arrays))
+        os.utime(folders[-1] / "manifest.json", (1000 + i, 1000 + i))
+    assert [f.exists() for f in folders] == [False, False, True, True]
+    assert load_tower("clipdex-tiny", "sha256:3", config)["a"].tolist() == [1, 1, 1]
+
+
 def index_with_checkpoint(tmp_path: Path, checkpoint: Path) -> Path:
     folder = tmp_path / "idx"
     make_images(tmp_path / "p", 6)

@@ -12,7 +12,7 @@ Layout, under `cache_root()` (CLIPDEX_CACHE, else $XDG_CACHE_HOME/clipdex, else
 
 One folder per model identity (name + weights: a checkpoint's SHA-256 or a tag). A folder
 is written whole under a temporary name and renamed into place, so an export killed half
-way leaves no cache; a folder whose files disagree with its manifest (short, missing,
+way leaves no cache; the MAX_TOWERS most recently written are kept; a folder whose files disagree with its manifest (short, missing,
 another shape) is deleted and never used. A checkpoint's SHA-256 is its identity; the
 record lets an unchanged file skip the rehash (0.45 s for 605 MB), and any change of its
 size, times or inode rehashes it.
@@ -37,6 +37,8 @@ from clipdex.models.spec import file_sha256
 FORMAT = 1
 #: A temporary export folder older than this was left by a killed export: removed.
 STALE_PARTIAL_S = 3600.0
+#: Towers kept (each ViT-B-32 text tower is 243 MB); the oldest written go first.
+MAX_TOWERS = 4
 #: Checkpoints remembered in checkpoints.json (the most recently hashed).
 MAX_RECORDS = 64
 
@@ -132,7 +134,21 @@ def save_tower(name: str, weights: str, config: dict, arrays: dict[str, np.ndarr
                 scratch.rename(folder)
     finally:
         _remove(scratch)
+    _evict(folder.parent, keep=folder)
     return folder
+
+
+def _evict(parent: Path, keep: Path) -> None:
+    """Keep the MAX_TOWERS most recently written towers (fine-tuning makes a checkpoint
+    an epoch): older ones are deleted (a process mapping one keeps its pages)."""
+    towers = []
+    for manifest in parent.glob("*/manifest.json"):
+        with contextlib.suppress(OSError):
+            towers.append((manifest.stat().st_mtime, manifest.parent))
+    towers.sort(reverse=True)
+    for _, folder in towers[MAX_TOWERS:]:
+        if folder != keep:
+            _remove(folder)
 
 
 def checkpoint_sha256(path: Path) -> str:
