@@ -2,7 +2,7 @@
 the tower cache (models/tower_cache.py) is filled.
 
 The numpy tower serves a text-only load when all hold: CLIPDEX_TEXT_BACKEND is not
-"torch"; the device is the CPU ("cpu", or "auto" on a machine without an NVIDIA device);
+"torch"; the device is the CPU ("cpu", or "auto" on a machine without a GPU device node);
 the precision is fp32, bf16 or auto (all run as fp32: bf16 on a CPU is autocast over fp32
 weights, so fp32 is the more exact of the two; any other precision goes to torch); the
 architecture's text tower is the plain one; the weights are a checkpoint file (its
@@ -22,7 +22,7 @@ import numpy as np
 from clipdex.errors import ModelLoadError
 from clipdex.models.builtin import DEMO_TAG
 from clipdex.models.spec import HUB_PREFIXES, RANDOM_WEIGHTS, ModelSpec, spec_for
-from clipdex.models.text_encoder import OTHER_FORMATS, model_config, text_net_kwargs
+from clipdex.models.text_encoder import model_config, text_net_kwargs
 from clipdex.models.text_numpy import (
     TOWER_DEFAULTS,
     NumpyTextEncoder,
@@ -60,11 +60,12 @@ def serves(device: str, precision: str) -> bool:
 
 
 def gpu_present() -> bool:
-    """An NVIDIA device visible to this process (checked without importing torch)."""
+    """A GPU torch could use (NVIDIA, or AMD through ROCm), checked without importing
+    torch: "auto" then means CUDA, as before."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return False
-    return Path("/dev/nvidiactl").exists()
+    return Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists()
 
 
 def tower_config(name: str) -> dict | None:
@@ -100,7 +101,7 @@ def _identity_of(spec: ModelSpec, want: ModelIdentity | None, config: dict):
     dim = int(config["embed_dim"])
     if spec.checkpoint:
         path = Path(spec.checkpoint).expanduser()
-        if not path.is_file() or path.suffix.lower() in OTHER_FORMATS:
+        if not path.is_file():
             return None
         try:
             digest = checkpoint_sha256(path)
