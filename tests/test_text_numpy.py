@@ -99,6 +99,36 @@ def test_erf_and_gelu_match_torch():
     np.testing.assert_allclose(quick_gelu(x), quick, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_forward_pass_is_text_nets(quick):
+    """Both activations, against TextNet built with random weights (no checkpoint)."""
+    from clipdex.models.text_net import TextNet
+    from clipdex.models.text_numpy import NumpyTextNet
+
+    config = {**tower_config("clipdex-tiny"), "quick_gelu": quick, "context_length": 20}
+    torch.manual_seed(0)
+    net = TextNet(**config).eval()
+    with torch.no_grad():
+        net.positional_embedding.normal_(std=0.1)
+        net.text_projection.normal_(std=0.1)
+    arrays = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    tokens = tokenizer()(TEXTS, 20)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(tokens)).numpy()
+    np.testing.assert_allclose(NumpyTextNet(arrays, config)(tokens), expected, atol=1e-5)
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIPDEX_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+    monkeypatch.delenv("CLIPDEX_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "clipdex"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "clipdex"
+
+
 @pytest.mark.slow
 def test_the_tokens_are_open_clips():
     import open_clip
