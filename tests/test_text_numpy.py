@@ -165,6 +165,24 @@ def cached_tower(spec: ModelSpec) -> tuple[Path, dict]:
     return tower_folder(identity.name, identity.weights), tower_config(identity.name)
 
 
+def test_large_batches_go_to_torch_with_the_same_model(tiny_checkpoint, monkeypatch):
+    from clipdex.models import text_numpy
+
+    monkeypatch.setattr(text_numpy, "TORCH_ABOVE", 4)
+    spec = ModelSpec("clipdex-tiny", checkpoint=str(tiny_checkpoint))
+    _, numpy_tower = torch_and_numpy(spec)
+    alone = np.concatenate([numpy_tower.encode_texts(TEXTS[i : i + 2]) for i in range(0, 7, 2)])
+    assert numpy_tower.torch_model is None
+    batched = numpy_tower.encode_texts(TEXTS)  # 7 texts: through torch
+    assert isinstance(numpy_tower.torch_model, TextEncoder)
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    # the file changed since the numpy tower loaded: torch's model is refused
+    fresh = load_numpy_text_encoder(spec, None, "cpu", "fp32")
+    save_tiny_checkpoint(tiny_checkpoint, scale=3.0)
+    with pytest.raises(ModelMismatchError, match="changed while in use"):
+        fresh.encode_texts(TEXTS)
+
+
 def test_a_damaged_cache_is_deleted_and_rebuilt(tiny_checkpoint):
     spec = ModelSpec("clipdex-tiny", checkpoint=str(tiny_checkpoint))
     weights = "sha256:" + file_sha256(tiny_checkpoint)

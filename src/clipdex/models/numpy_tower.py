@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdex.errors import ModelLoadError
+from clipdex.errors import ModelLoadError, ModelMismatchError
 from clipdex.models.builtin import DEMO_TAG
 from clipdex.models.spec import HUB_PREFIXES, RANDOM_WEIGHTS, ModelSpec, spec_for
 from clipdex.models.text_encoder import model_config, text_net_kwargs
@@ -92,7 +92,22 @@ def load_numpy_text_encoder(
     arrays = load_tower(identity.name, identity.weights, config)
     if arrays is None:
         return None
-    return NumpyTextEncoder(NumpyTextNet(arrays, config), identity)
+
+    def torch_tower():
+        """The same model through torch (for large batches), checked to be the same."""
+        from clipdex.models.open_clip import Embedder
+        from clipdex.models.text_encoder import load_text_encoder
+
+        model = load_text_encoder(spec, device, precision) or Embedder(spec, device, precision)
+        if model.identity != identity:
+            raise ModelMismatchError(
+                f"the model file changed while in use: {identity.describe()} became "
+                f"{model.identity.describe()}; run again",
+                hint="rebuild",
+            )
+        return model
+
+    return NumpyTextEncoder(NumpyTextNet(arrays, config), identity, torch_tower)
 
 
 def _identity_of(spec: ModelSpec, want: ModelIdentity | None, config: dict):
