@@ -23,10 +23,11 @@ def pytest_configure(config) -> None:
 
 @pytest.fixture(autouse=True)
 def isolated_index(tmp_path, monkeypatch) -> Path:
-    """Every test gets its own CLIPDEX_INDEX and never touches the network."""
+    """Every test gets its own CLIPDEX_INDEX and cache, and never touches the network."""
     index = tmp_path / "index"
     monkeypatch.setenv("CLIPDEX_INDEX", str(index))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CLIPDEX_CACHE", str(tmp_path / "cache"))  # the text-tower cache
     monkeypatch.delenv("CLIPDEX_MODEL", raising=False)
     return index
 

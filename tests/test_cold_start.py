@@ -31,6 +31,12 @@ from conftest import make_images
 TEXTS = ["a dog", "a red car on a beach at night", "x " * 120, "ünïcödé ☃"]
 
 
+@pytest.fixture(autouse=True)
+def torch_text_backend(monkeypatch):
+    """These tests pin the torch text tower: the numpy one (tests/test_text_numpy.py) off."""
+    monkeypatch.setenv("CLIPDEX_TEXT_BACKEND", "torch")
+
+
 def save_tiny_checkpoint(path: Path, sign: float = -1.0) -> Embedder:
     """The seeded tiny model with its text projection scaled by `sign` (so a checkpoint
     differs from the seeded weights), saved as open_clip and finetune save them."""

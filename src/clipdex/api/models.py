@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from clipdex.errors import ModelMismatchError
 from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, check_same_model, same_model, spec_for
 from clipdex.models.text_encoder import TextEncoder, load_text_encoder
 from clipdex.types import ModelIdentity
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipdex.models.text_numpy import NumpyTextEncoder
 
 
 class ModelLoader:
@@ -19,7 +23,7 @@ class ModelLoader:
         device: str,
         precision: str,
         lock: threading.RLock,
-        loaded: Embedder | TextEncoder | None = None,
+        loaded: Embedder | TextEncoder | NumpyTextEncoder | None = None,
     ):
         self.device = device
         self.precision = precision
@@ -29,7 +33,7 @@ class ModelLoader:
 
     def for_index(
         self, stored: ModelIdentity | None, spec: ModelSpec | None, text_only: bool = False
-    ) -> Embedder | TextEncoder:
+    ) -> Embedder | TextEncoder | NumpyTextEncoder:
         """The model of an index that records `stored`: `spec` (which must be the same
         model), else its own, else (a new index) the default. With `text_only`, the text
         tower alone may do (models/text_encoder.py)."""
@@ -41,7 +45,7 @@ class ModelLoader:
 
     def load(
         self, spec: ModelSpec, want: ModelIdentity | None = None, text_only: bool = False
-    ) -> Embedder | TextEncoder:
+    ) -> Embedder | TextEncoder | NumpyTextEncoder:
         """`spec`'s model, reusing the loaded one when it is the same; `want` must match.
         With `text_only`, the text tower alone when it can be loaded so (faster)."""
         with self.lock:
@@ -56,7 +60,13 @@ class ModelLoader:
                 )
             ):
                 return cached  # weights in memory: a file changed since cannot affect them
-            embedder = load_text_encoder(spec, self.device, self.precision) if text_only else None
+            # imported here: a cached query (no model) never pays for them
+            from clipdex.models.numpy_tower import cache_text_tower, load_numpy_text_encoder
+
+            embedder = None
+            if text_only:  # numpy from the tower cache (no torch), else torch's text tower
+                embedder = load_numpy_text_encoder(spec, want, self.device, self.precision)
+                embedder = embedder or load_text_encoder(spec, self.device, self.precision)
             embedder = embedder or Embedder(spec, self.device, self.precision)
             if want is not None and embedder.identity != want:
                 where = f"checkpoint {spec.checkpoint}" if spec.checkpoint else spec.name
@@ -66,5 +76,7 @@ class ModelLoader:
                     "with, or rebuild the index with the new ones",
                     hint="rebuild",
                 )
+            if not getattr(embedder, "from_cache", False):
+                cache_text_tower(embedder)  # its identity checked: the next process may use it
             self.loaded = embedder
             return embedder
