@@ -24,8 +24,6 @@ EXPECTED = {
     "bench_decode.py --tensor": r"exact [\d.]+ ms/image .* speed-up [\d.]+x(.|\n)*"
     r"tensor \(cpu, .*\): [\d.]+ ms/image .* PSNR min vs exact [\d.]+ dB(.|\n)*"
     r"thumbnail from the cpu tensor [\d.]+ ms/image",
-    "bench_coldstart.py": r"after  cold search +[\d.]+ s wall(.|\n)*repeated query \(cached\) +[\d.]+ s "
-    r"wall(.|\n)*text tower, shorter pass +[\d.]+ ms/query",
     "bench_startup.py": r"new query, torch text tower +[\d.]+ s wall(.|\n)*new query, numpy text "
     r"tower +[\d.]+ s wall(.|\n)*repeated query \(query cache\) +[\d.]+ s wall(.|\n)*numpy text "
     r"tower: phases .*no torch import(.|\n)*numpy text tower +[\d.]+ ms/query",
