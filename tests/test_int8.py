@@ -218,3 +218,35 @@ def test_demo_model_zero_shot_labels_mostly_unchanged_in_int8(tmp_path):
     same = sum(found["int8"][uri] == label for uri, label in found["fp32"].items())
     print(f"demo model: {same} of 48 zero-shot labels unchanged in int8")
     assert same >= 0.98 * 48
+
+
+@pytest.mark.slow  # builds and serves a tiny-model index (~5 s)
+def test_the_server_runs_int8_text_queries_and_never_takes_an_fp32_cached_vector(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from clipdex.api import Index
+    from clipdex.models.text_encoder import TextEncoder
+    from clipdex.server import create_app
+    from clipdex.server.options import ServerOptions
+    from serve_helpers import build_index, wait_ready
+
+    folder = build_index(tmp_path, count=8, thumbnails=False)
+    with Index(folder, precision="fp32") as index:
+        index.search("red", k=3)  # cached in the catalog: an fp32 vector
+    with Index(folder, precision="int8") as index:
+        expected = index.search("a red circle", k=3)
+    app = create_app(folder, options=ServerOptions(precision="int8"))
+    with TestClient(app) as client:
+        wait_ready(client)
+        state = app.state.clipdex
+        assert isinstance(state.text_model, TextEncoder) and state.text_model.precision == "int8"
+        assert int8_linears(state.text_model.net) == 8
+        for text in ("red", "a red circle"):
+            response = client.get("/api/v1/search", params={"q": text, "k": 3})
+            assert response.status_code == 200, response.text
+        # "red" encoded in int8 (its fp32 vector in the cache not taken); "a red circle"
+        # read from the cache, where the int8 search above put it
+        assert (state.text_vectors.encoded, state.text_vectors.cached) == (1, 1)
+        got = response.json()["results"]
+    assert got[0]["uri"] == expected[0].uri
+    assert got[0]["score"] == pytest.approx(expected[0].score, abs=0.01)

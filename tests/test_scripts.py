@@ -21,6 +21,8 @@ EXPECTED = {
     "bench_classify.py": r"n=2,000 .* bare matmul [\d,]+ images/s, assignment [\d,]+ images/s",
     "bench_reindex.py": r"no-op re-index: [\d.]+ s wall(.|\n)* 0 embedded, 100 reused",
     "bench_decode.py": r"exact [\d.]+ ms/image .* draft [\d.]+ ms/image .* speed-up [\d.]+x",
+    "bench_precision.py": r"fp32 +[\d.]+ +[\d.]+ (.|\n)*int8 +[\d.]+ +[\d.]+ +[\d.]+ +0\.9\d+ +0\.9\d+"
+    r"(.|\n)*int8/fp32: images [\d.]+x, text [\d.]+x",
     "bench_coldstart.py": r"after  cold search +[\d.]+ s wall(.|\n)*repeated query \(cached\) +[\d.]+ s "
     r"wall(.|\n)*text tower, shorter pass +[\d.]+ ms/query",
     "bench_search.py": r"flat .* 1\.000 (.|\n)*ivf .*nprobe=\d+(.|\n)*ivf-pq .*recall=[\d.]+",
