@@ -195,8 +195,9 @@ def main() -> None:
             times[side.name]["texts"].append(seconds)
             times[side.name]["one"].append(timed(lambda s=side: s.texts(texts[:1]))[0])
             vectors[side.name] = (images, queries)
+    weights = {None: "seeded", "none": "random"}.get(args.pretrained, args.pretrained)
     print(
-        f"{args.model} ({args.pretrained or 'seeded'} weights), CPU {args.threads} threads, "
+        f"{args.model} ({weights} weights), CPU {args.threads} threads, "
         f"bf16 native: {cpu_supports_bf16()}; {args.images} images and {args.queries} "
         f"queries a batch, median of {args.rounds} rounds"
     )
