@@ -69,6 +69,7 @@ def test_every_transformer_projection_is_quantised():
     assert int8_linears(demo.model.visual) == 0
 
 
+@pytest.mark.slow  # two tiny models and a checkpoint (~2 s, more under load)
 def test_text_towers_run_int8_too(tmp_path):
     """The server's tower (text_tower_of) and a checkpoint's tower alone (a CLI query)
     both run int8 and stay within the fidelity of fp32."""
