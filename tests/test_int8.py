@@ -251,3 +251,16 @@ def test_the_server_runs_int8_text_queries_and_never_takes_an_fp32_cached_vector
         got = response.json()["results"]
     assert got[0]["uri"] == expected[0].uri
     assert got[0]["score"] == pytest.approx(expected[0].score, abs=0.01)
+
+
+@pytest.mark.slow
+def test_an_imported_vector_drops_the_precision_of_the_one_it_replaces(runner, tmp_path):
+    pytest.importorskip("pyarrow")
+    index, out = tmp_path / "ix", tmp_path / "out"
+    make_images(tmp_path / "a", 3)
+    run_cli(
+        runner, "index", str(tmp_path / "a"), "--index", str(index), "--precision", "int8", *TINY
+    )
+    run_cli(runner, "export", str(out), "--index", str(index), "--format", "parquet")
+    run_cli(runner, "import", str(out), "--index", str(index), *TINY)
+    assert _status(runner, str(index))["precision"] == {"unknown": 3}
