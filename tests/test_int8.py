@@ -264,3 +264,20 @@ def test_an_imported_vector_drops_the_precision_of_the_one_it_replaces(runner, t
     run_cli(runner, "export", str(out), "--index", str(index), "--format", "parquet")
     run_cli(runner, "import", str(out), "--index", str(index), *TINY)
     assert _status(runner, str(index))["precision"] == {"unknown": 3}
+
+
+@pytest.mark.slow
+def test_a_loaded_int8_model_records_and_caches_as_int8(tmp_path):
+    """An Index given an int8 model (and the default precision) keys by what runs."""
+    from clipdex.api import Index
+    from clipdex.storage.query_cache import QueryCache
+
+    make_images(tmp_path / "a", 3)
+    model = Embedder(ModelSpec("clipdex-tiny"), "cpu", "int8")
+    with Index(tmp_path / "ix", loaded_model=model) as index:
+        index.add(tmp_path / "a", model=ModelSpec("clipdex-tiny"))
+        assert index.status().precision == {"int8": 3}
+        index.search("a dog", k=1)
+        cache = QueryCache(index.catalog)
+        assert cache.get(model.identity, "a dog", "int8") is not None
+        assert cache.get(model.identity, "a dog") is None

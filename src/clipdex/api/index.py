@@ -92,7 +92,8 @@ class Index:
         self._lock = threading.RLock()
         self._reader = Reader(self.folder, self._lock)
         self._models = ModelLoader(device, precision, self._lock, loaded_model)
-        self._searcher = Searcher(self._reader, self._lock, self.embedder, precision)
+        ran = getattr(loaded_model, "precision", None) or precision  # keys cached queries
+        self._searcher = Searcher(self._reader, self._lock, self.embedder, ran)
 
     # -- reading ---------------------------------------------------------------------------
 
