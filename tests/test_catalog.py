@@ -29,7 +29,7 @@ def test_a_version_1_catalog_is_migrated_and_keeps_its_images(runner, images, in
     version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     db.close()
-    assert int(version) == SCHEMA_VERSION == 5 and {"assignments", "image_sources"} <= tables
+    assert int(version) == SCHEMA_VERSION == 6 and {"assignments", "image_sources"} <= tables
     assert "saved as run 1" in run_cli(runner, "classify", "--labels", "a,b").stderr
 
 

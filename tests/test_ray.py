@@ -226,14 +226,14 @@ def reference(photos, tmp_path_factory):
 
 
 def rows(index_dir: Path) -> dict[str, tuple]:
-    """uri -> (id, status, error, width, height, format, fingerprint, decode)."""
+    """uri -> (id, status, error, width, height, format, fingerprint, decode, precision)."""
     db = sqlite3.connect(index_dir / "catalog.sqlite")
     try:
         return {
             row[0]: row[1:]
             for row in db.execute(
-                "SELECT uri, id, status, error, width, height, format, fingerprint, decode "
-                "FROM images"
+                "SELECT uri, id, status, error, width, height, format, fingerprint, decode, "
+                "precision FROM images"
             )
         }
     finally:

@@ -68,7 +68,7 @@ def test_a_read_only_open_reads_a_schema_3_catalog(runner, images, index_dir):
     finally:
         catalog.close()
     with clipdex.open_index(index_dir) as index:  # a writer's open migrates it
-        assert index.catalog.schema_version == 5
+        assert index.catalog.schema_version == 6
 
 
 def test_a_rebuild_with_another_model_names_the_sources_it_forgot(runner, tmp_path):

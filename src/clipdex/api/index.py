@@ -84,7 +84,8 @@ class Index:
         folder: the index folder (default: $CLIPDEX_INDEX or ./.clipdex); nothing is
             read or created until it is used.
         device: where the model runs ("auto", "cpu", "cuda", "cuda:1", "mps").
-        precision: the model's precision ("auto", "fp32", "fp16", "bf16").
+        precision: the model's precision ("auto", "fp32", "fp16", "bf16"; "int8": CPU
+            only, dynamic int8 linear layers, never chosen by "auto").
         loaded_model: a model already in memory, used whenever the index needs that
             same model (its identity is checked like any other load's).
         """
@@ -92,7 +93,8 @@ class Index:
         self._lock = threading.RLock()
         self._reader = Reader(self.folder, self._lock)
         self._models = ModelLoader(device, precision, self._lock, loaded_model)
-        self._searcher = Searcher(self._reader, self._lock, self.embedder)
+        ran = getattr(loaded_model, "precision", None) or precision  # keys cached queries
+        self._searcher = Searcher(self._reader, self._lock, self.embedder, ran)
 
     # -- reading ---------------------------------------------------------------------------
 

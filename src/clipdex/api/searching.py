@@ -37,12 +37,16 @@ from clipdex.types import LabelSet, ProgressCallback
 class Searcher:
     """The read side of an Index: `reader` holds the catalog and the vectors, `lock` is
     the Index's (FAISS may not be searched while another thread catches it up), and
-    `embedder(text_only=...)` gives the index's own model."""
+    `embedder(text_only=...)` gives the index's own model, run in `precision` (the one
+    asked for: it keys cached int8 query vectors apart)."""
 
-    def __init__(self, reader: Reader, lock: threading.RLock, embedder: Callable):
+    def __init__(
+        self, reader: Reader, lock: threading.RLock, embedder: Callable, precision: str = "auto"
+    ):
         self.reader = reader
         self.lock = lock
         self.embedder = embedder
+        self.precision = precision
 
     def search(
         self,
@@ -72,7 +76,11 @@ class Searcher:
         def text_vector(text: str) -> np.ndarray:
             """Cached; else encoded by the loaded model or the text tower alone."""
             return text_query_vector(
-                catalog, identity, text, lambda: embedder or self.embedder(text_only=True)
+                catalog,
+                identity,
+                text,
+                lambda: embedder or self.embedder(text_only=True),
+                self.precision,
             )
 
         query = combine(query_terms, catalog, embedder, text_vector)

@@ -54,6 +54,9 @@ class IndexStatus:
     #: smaller), "tensor" (full decode by the batched tensor decode, on the GPU or forced
     #: on CPU: indexer/tensor_pipeline.py), "unknown" (embedded before clipdex recorded it).
     decode: dict[str, int] = field(default_factory=dict)
+    #: Embedded images by the precision the model ran in ("fp32", "bf16", "fp16", "int8";
+    #: "unknown": embedded before clipdex recorded it, or imported). Mixing is allowed.
+    precision: dict[str, int] = field(default_factory=dict)
     #: The store's own settings (an IVF's nlist, nprobe, code size, measured recall@10).
     index_parameters: dict = field(default_factory=dict)
     #: Photo metadata: how many images are dated, placed, have a camera; the date range.
@@ -91,6 +94,7 @@ def index_status(index: Index, failures: int | None = 20) -> IndexStatus:
         classify_run=run_id,
         label_counts=label_counts,
         decode=catalog.decode_counts(),
+        precision=catalog.precision_counts(),
         index_parameters=store.parameters if store else {},
         index_asked=catalog.index_settings()[0],
         index_reason=store.reason if store else "",

@@ -69,7 +69,8 @@ PRECISION_OPTION = click.option(
     type=click.Choice(PRECISIONS),
     default=DEFAULT_PRECISION,
     show_default=True,
-    help="auto: fp16 on CUDA, bf16 on CPUs that support it, else fp32.",
+    help="auto: fp16 on CUDA, bf16 on CPUs that support it, else fp32. int8 (CPU "
+    "only, never auto): int8 linear layers, for CPUs without bf16.",
 )
 PRETRAINED_OPTION = click.option(
     "--pretrained",

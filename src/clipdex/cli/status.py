@@ -89,6 +89,8 @@ def print_status(status: IndexStatus, fmt: str) -> None:
     ]
     if status.images:
         lines.insert(3, f"photos:   {_photos(status)}")
+        made = ", ".join(f"{n} {p}" for p, n in sorted(status.precision.items()))
+        lines.insert(3, f"          embedded in {made}")
     if status.index_reason and status.index_asked == DEFAULT_INDEX_TYPE:
         lines.insert(-1, f"          auto: {escape_control(status.index_reason)}")
     if status.index_parameters:

@@ -245,6 +245,8 @@ class RayStream:
     dataset: Any
     entries: Sequence[FileEntry]
     batch_size: int
+    #: The precision the actors' models run in (the catalog records it).
+    precision: str | None = None
 
     def __iter__(self) -> Iterator[tuple[list[Decoded], np.ndarray]]:
         batches = self.dataset.iter_batches(
@@ -322,7 +324,10 @@ def _stream(
             num_gpus=options.gpus_per_worker or None,
         )
     )
-    return RayStream(workers, dataset, entries, batch_size)
+    from clipdex.models.device import resolve_precision
+
+    ran = resolve_precision(precision, device)
+    return RayStream(workers, dataset, entries, batch_size, ran)
 
 
 def _from_items(ray, rows: list[dict[str, Any]], blocks: int):

@@ -231,7 +231,7 @@ def _reuse_vectors(catalog: Catalog, source_id: int, reuse: list[Reuse]) -> None
         copies = catalog.scan.copies_of([item.from_id for item in chunk])
         records = []
         for item in chunk:
-            vector, width, height, fmt, decode = copies[item.from_id]
+            vector, width, height, fmt, decode, precision = copies[item.from_id]
             entry = item.entry
             records.append(
                 ImageRecord(
@@ -244,6 +244,7 @@ def _reuse_vectors(catalog: Catalog, source_id: int, reuse: list[Reuse]) -> None
                     format=fmt,
                     fingerprint=item.fingerprint,
                     decode=decode,
+                    precision=precision,
                 )
             )
         catalog.write_batch(source_id, records)
@@ -286,8 +287,9 @@ def _embed_all(
                 for batch in _batches(source, plan, embedder, options, split.workers, tensor)
             )
             ray_workers = 0
+        precision = getattr(stream, "precision", None) or getattr(embedder, "precision", None)
         for items, image_vectors in stream:
-            records = records_for(items, image_vectors)
+            records = records_for(items, image_vectors, precision)
             failed += sum(1 for record in records if not record.ok)
             catalog.write_batch(source_id, records)
             store_thumbnails(folder, catalog, items)
@@ -385,8 +387,11 @@ def _embed(embedder: Embedder, batch: Batch) -> tuple[list[Decoded], Any]:
     return batch.items, vectors
 
 
-def records_for(items: list[Decoded], vectors: Any) -> list[ImageRecord]:
-    """Catalog records of a batch: each decoded item with the next vector, or its failure."""
+def records_for(
+    items: list[Decoded], vectors: Any, precision: str | None = None
+) -> list[ImageRecord]:
+    """Catalog records of a batch: each decoded item with the next vector (made in
+    `precision`), or its failure."""
     records = []
     position = 0
     for item in items:
@@ -401,6 +406,7 @@ def records_for(items: list[Decoded], vectors: Any) -> list[ImageRecord]:
             error=item.error,
             fingerprint=item.fingerprint,
             decode=item.decode,
+            precision=precision,
             meta=item.meta,
         )
         if item.error is None:

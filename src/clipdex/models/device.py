@@ -5,7 +5,8 @@ from __future__ import annotations
 from clipdex.errors import ModelLoadError
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: int8: dynamic int8 linear layers on CPU (models/quantize.py); opt-in, auto never picks it.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 DEFAULT_DEVICE = "auto"
 DEFAULT_PRECISION = "auto"
 
@@ -44,4 +45,6 @@ def resolve_precision(precision: str, device: str) -> str:
         return "bf16" if cpu_supports_bf16() else "fp32"
     if precision == "fp16" and device == "cpu":
         raise ModelLoadError("fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    if precision == "int8" and device != "cpu":
+        raise ModelLoadError("int8 runs on the CPU only; on CUDA use fp16 or fp32")
     return precision

@@ -56,6 +56,10 @@ class Embedder:
         )
         if weights == DEMO_TAG:
             load_into(self.model)
+        if self.precision == "int8":
+            from clipdex.models.quantize import quantize_int8
+
+            quantize_int8(self.model.eval())
         if spec.checkpoint and "sha256:" + file_sha256(pretrained) != weights:
             raise ModelLoadError(f"checkpoint {pretrained} changed while it was loaded; try again")
         self.model.eval()

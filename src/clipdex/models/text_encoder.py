@@ -172,6 +172,10 @@ def _build(name: str, path: Path, kwargs: dict, device: str, precision: str):
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     net.load_state_dict(state, strict=True, assign=True)
     net = net.to(device).eval()
+    if precision == "int8":
+        from clipdex.models.quantize import quantize_int8
+
+        quantize_int8(net)
     tokenizer = simple_tokenizer(kwargs["context_length"])
     dim = int(net.text_projection.shape[1])
     return TextEncoder(net, tokenizer, ModelIdentity(name, "", dim), device, precision)

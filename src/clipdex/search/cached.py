@@ -32,16 +32,18 @@ def text_query_vector(
     identity: ModelIdentity,
     text: str,
     load: Callable[[], TextModel],
+    precision: str | None = None,
 ) -> np.ndarray:
-    """The unit vector of `text` under the index's model `identity`: cached, else encoded
-    by the model `load()` returns (its identity already checked) and cached."""
+    """The unit vector of `text` under the index's model `identity` run in `precision`
+    (the one asked for: an int8 vector is cached apart, storage/query_cache.py): cached,
+    else encoded by the model `load()` returns (its identity already checked) and cached."""
     text = text.strip()
     if not text:
         raise QueryError("the query text is empty")
     cache = QueryCache(catalog)
-    vector = cache.get(identity, text)
+    vector = cache.get(identity, text, precision)
     if vector is not None:
         return vector
     vector = load().encode_texts([text])[0].astype(np.float32)
-    cache.put(identity, text, vector)
+    cache.put(identity, text, vector, precision)
     return vector

@@ -39,9 +39,10 @@ class TextQueryVectors:
         """(len(texts), dim) float32 unit vectors of `texts` under `model` (which has an
         `identity`); the texts a cache does not hold go through the model in one batch."""
         identity = model.identity
+        precision = getattr(model, "precision", None)  # int8 vectors are keyed apart
         if not texts:
             return np.zeros((0, identity.dim), dtype=np.float32)
-        keys = [query_key(identity, text) for text in texts]
+        keys = [query_key(identity, text, precision) for text in texts]
         found: dict[str, np.ndarray] = {}
         with self.lock:
             for key in keys:
@@ -53,14 +54,14 @@ class TextQueryVectors:
         if missing:
             stored = QueryCache(catalog(), write=False)
             for i in missing:
-                vector = stored.get(identity, texts[i])
+                vector = stored.get(identity, texts[i], precision)
                 if vector is not None:
                     found[keys[i]] = vector
         todo = list(dict.fromkeys(texts[i] for i, key in enumerate(keys) if key not in found))
         if todo:
             made = model.encode_texts(todo).astype(np.float32)
             for text, vector in zip(todo, made, strict=True):
-                found[query_key(identity, text)] = vector
+                found[query_key(identity, text, precision)] = vector
         self.encoded += len(todo)
         self.cached += len(texts) - len(todo)
         self._keep(found)

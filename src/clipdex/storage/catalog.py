@@ -58,6 +58,8 @@ class ImageRecord:
     fingerprint: str | None = None
     #: "exact" (the model saw the full decode), "draft" (a smaller decode), None: unknown.
     decode: str | None = None
+    #: The precision the model ran in ("fp32", "bf16", "fp16", "int8"); None: unknown.
+    precision: str | None = None
     #: The photo's EXIF metadata, read with its pixels; None: not read (the next run does).
     meta: PhotoMeta | None = None
 
@@ -319,6 +321,22 @@ class Catalog:
         counts = {"exact": 0, "draft": 0}
         for decode, count in rows:
             counts[decode or "unknown"] = counts.get(decode or "unknown", 0) + count
+        return counts
+
+    def precision_counts(self) -> dict[str, int]:
+        """How many embedded images each precision made ("unknown": embedded before
+        clipdex recorded it, or imported)."""
+        if self.schema_version < 6:  # read-only, not migrated: no precision column yet
+            return {"unknown": self.counts()["ok"]} if self.counts()["ok"] else {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Image.precision, func.count())
+                .where(Image.status == "ok")
+                .group_by(Image.precision)
+            ).all()
+        counts: dict[str, int] = {}
+        for precision, count in rows:
+            counts[precision or "unknown"] = counts.get(precision or "unknown", 0) + count
         return counts
 
     def failures(self, limit: int | None = None) -> list[tuple[str, str]]:

@@ -138,7 +138,7 @@ ON CONFLICT (uri) DO UPDATE SET
     folder = excluded.folder, size = excluded.size, mtime_ns = excluded.mtime_ns,
     width = excluded.width, height = excluded.height, format = NULL, fingerprint = NULL,
     status = 'ok', error = NULL, seq = excluded.seq, indexed_at = excluded.indexed_at,
-    decode = 'imported'
+    decode = 'imported', precision = NULL
 """
 _IDS = "SELECT s.pos, i.id FROM import_stage s JOIN images i ON i.uri = s.uri ORDER BY s.pos"
 

@@ -111,20 +111,21 @@ class ScanQueries:
 
     def copies_of(
         self, ids: list[int]
-    ) -> dict[int, tuple[np.ndarray, int | None, int | None, str | None, str | None]]:
-        """id -> (vector, width, height, format, decode), to reuse for moved or copied
-        files."""
+    ) -> dict[int, tuple[np.ndarray, int | None, int | None, str | None, str | None, str | None]]:
+        """id -> (vector, width, height, format, decode, precision), to reuse for moved or
+        copied files."""
         out = {}
         with self.engine.connect() as conn:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = conn.exec_driver_sql(
-                    "SELECT i.id, v.vector, i.width, i.height, i.format, i.decode FROM images i "
+                    "SELECT i.id, v.vector, i.width, i.height, i.format, i.decode, i.precision "
+                    "FROM images i "
                     f"JOIN vectors v ON v.image_id = i.id WHERE i.id IN ({marks})",
                     tuple(chunk),
                 )
-                for image_id, blob, width, height, fmt, decode in rows:
+                for image_id, blob, width, height, fmt, decode, precision in rows:
                     vector = np.frombuffer(blob, dtype="<f4").copy()
-                    out[image_id] = (vector, width, height, fmt, decode)
+                    out[image_id] = (vector, width, height, fmt, decode, precision)
         return out

@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
 UPSERT_IMAGE = """
 INSERT INTO images (source_id, uri, folder, size, mtime_ns, width, height, format, fingerprint,
-                    status, error, seq, indexed_at, decode)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    status, error, seq, indexed_at, decode, precision)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (uri) DO UPDATE SET
     folder = excluded.folder, size = excluded.size,
     mtime_ns = excluded.mtime_ns, width = excluded.width, height = excluded.height,
     format = excluded.format, fingerprint = excluded.fingerprint, status = excluded.status,
     error = excluded.error, seq = excluded.seq, indexed_at = excluded.indexed_at,
-    decode = excluded.decode
+    decode = excluded.decode, precision = excluded.precision
 """
 
 
@@ -60,6 +60,7 @@ def write_records(
                 seq,
                 now,
                 r.decode if r.ok else None,
+                r.precision if r.ok else None,
             )
             for r in records
         ],

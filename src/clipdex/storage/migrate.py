@@ -34,7 +34,8 @@ def create_or_migrate(db: Database) -> None:
 
 
 #: The oldest schema a read-only open still reads (4 added images.decode, 5 the photo_meta
-#: and query_vectors tables: readers check `schema_version` before using them).
+#: and query_vectors tables, 6 images.precision: readers check `schema_version` before
+#: using them).
 OLDEST_READABLE = 3
 
 

@@ -3,6 +3,9 @@ model entirely.
 
 A row's key is the SHA-256 of the model identity (name, weights: a checkpoint's SHA-256,
 dimension) and the query text, so a vector is never used for another model or checkpoint.
+An int8 model's vectors (models/quantize.py) are keyed apart (`KEYED_PRECISIONS`): they are
+within cosine 0.99 of fp32's, not equal, so neither is handed to the other; fp32, bf16 and
+fp16 share keys (as before int8 existed: existing caches stay valid).
 The table keeps the MAX_ROWS most recently used rows. A read-only catalog, or one of an
 older schema, is read (if it has the table) but never written.
 """
@@ -34,11 +37,17 @@ SCHEMA = 5
 #: A hit marks its row used at most this often, and never while a writer runs: a search
 #: should not wait for an index run's write lock to bump a timestamp.
 MARK_USED_AFTER_S = 3600.0
+#: Precisions whose vectors are cached under keys of their own (see the module).
+KEYED_PRECISIONS = ("int8",)
 
 
-def query_key(identity: ModelIdentity, text: str) -> str:
-    """The cache key of `text` under `identity`'s model."""
-    model = json.dumps([identity.name, identity.weights, identity.dim])
+def query_key(identity: ModelIdentity, text: str, precision: str | None = None) -> str:
+    """The cache key of `text` under `identity`'s model run in `precision` (the one asked
+    for; only KEYED_PRECISIONS change the key)."""
+    model = [identity.name, identity.weights, identity.dim]
+    if precision in KEYED_PRECISIONS:
+        model.append(precision)
+    model = json.dumps(model)
     return hashlib.sha256(f"{model}\n{text}".encode()).hexdigest()
 
 
@@ -52,11 +61,14 @@ class QueryCache:
         self.readable = catalog.schema_version >= SCHEMA
         self.writable = write and self.readable and not catalog.read_only
 
-    def get(self, identity: ModelIdentity, text: str) -> np.ndarray | None:
-        """The cached vector of `text` under `identity`, or None; a hit is marked used."""
+    def get(
+        self, identity: ModelIdentity, text: str, precision: str | None = None
+    ) -> np.ndarray | None:
+        """The cached vector of `text` under `identity` (in `precision`), or None; a hit
+        is marked used."""
         if not self.readable:
             return None
-        key = query_key(identity, text)
+        key = query_key(identity, text, precision)
         with self.catalog.engine.connect() as conn:
             row = conn.execute(
                 select(QueryVector.vector, QueryVector.used_at).where(QueryVector.key == key)
@@ -73,12 +85,19 @@ class QueryCache:
             )
         return vector.astype(np.float32)
 
-    def put(self, identity: ModelIdentity, text: str, vector: np.ndarray) -> None:
-        """Keep `vector` for `text`; evict the least recently used beyond max_rows."""
+    def put(
+        self,
+        identity: ModelIdentity,
+        text: str,
+        vector: np.ndarray,
+        precision: str | None = None,
+    ) -> None:
+        """Keep `vector` for `text` (made in `precision`); evict the least recently used
+        beyond max_rows."""
         if not self.writable:
             return
         row = dict(
-            key=query_key(identity, text),
+            key=query_key(identity, text, precision),
             text=text,
             vector=np.asarray(vector, dtype="<f4").tobytes(),
             used_at=time.time(),

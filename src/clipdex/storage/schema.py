@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class Base(DeclarativeBase):
@@ -82,6 +82,9 @@ class Image(Base):
     #: (the vector came from an export, not from this clipdex); None: failed, or embedded
     #: before schema 4.
     decode: Mapped[str | None] = mapped_column(String, nullable=True)
+    #: The precision the model ran in ("fp32", "bf16", "fp16", "int8"); None: failed,
+    #: imported, or embedded before schema 6.
+    precision: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class ImageSource(Base):
@@ -232,10 +235,19 @@ def _add_photo_meta_and_query_vectors(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=[PhotoMeta.__table__, QueryVector.__table__])
 
 
+def _add_precision(conn: Connection) -> None:
+    """Version 6: the precision each image was embedded in (int8 may mix with fp32).
+    Idempotent, as create_all is: a catalog downgraded by hand may have the column."""
+    columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(images)")}
+    if "precision" not in columns:
+        conn.exec_driver_sql("ALTER TABLE images ADD COLUMN precision VARCHAR")
+
+
 #: MIGRATIONS[n] upgrades a catalog from schema version n to n + 1.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_classification_and_fingerprints,
     2: _add_image_sources,
     3: _add_decode,
     4: _add_photo_meta_and_query_vectors,
+    5: _add_precision,
 }
