@@ -29,8 +29,6 @@ EXPECTED = {
     r"tower: phases .*no torch import(.|\n)*numpy text tower +[\d.]+ ms/query",
     "bench_precision.py": r"fp32 +[\d.]+ +[\d.]+ (.|\n)*int8 +[\d.]+ +[\d.]+ +[\d.]+ +0\.9\d+ +0\.9\d+"
     r"(.|\n)*int8/fp32: images [\d.]+x, text [\d.]+x",
-    "bench_coldstart.py": r"after  cold search +[\d.]+ s wall(.|\n)*repeated query \(cached\) +[\d.]+ s "
-    r"wall(.|\n)*text tower, shorter pass +[\d.]+ ms/query",
     "bench_search.py": r"flat .* 1\.000 (.|\n)*ivf .*nprobe=\d+(.|\n)*ivf-pq .*recall=[\d.]+",
     "bench_remote.py": r"folder [\d.]+ images/s, s3 [\d.]+ images/s, s3 \+ 50 ms [\d.]+",
     "bench_exif.py": r"exif on [\d.]+ s, off [\d.]+ s (.|\n)*photo_meta \d+ us/image .* [\d.]+% of the run",
