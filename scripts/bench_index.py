@@ -12,11 +12,11 @@
 `--splits` compares decode-worker / torch-thread splits side by side, alternating run by
 run on the same photos: WORKERS:THREADS runs `--workers WORKERS` with OMP_NUM_THREADS set
 to THREADS (clipdex then keeps the user's thread count); "auto" lets clipdex choose.
-`--paths` compares, in this process with the model loaded once (its load is not timed),
-the bare model on ready tensors (torch's own thread count and one thread: the better
-counts), `Index.add` with the default
-decode (draft) and with `--exact-decode`, pass by pass; and decode + preprocess alone,
-one thread, for both decode paths: the per-core rate that bounds a GPU machine.
+`--paths` compares, pass by pass, the bare model on ready tensors in this process (torch's
+own thread count and one thread: the better counts) with `clipdex index` runs (the run
+time it reports: model load excluded) with the default decode (draft) and with
+`--exact-decode`; and decode + preprocess alone, one thread, for both decode paths: the
+per-core rate that bounds a GPU machine.
 
 Writes JPEGs (default 640x480, smooth gradients plus noise, like a downscaled photo) into a
 temporary folder, then times the real CLI in a subprocess: the whole command (model load
@@ -51,9 +51,12 @@ def write_photos(folder: Path, count: int, width: int, height: int, seed: int = 
         image.save(folder / f"photo{i:06d}.jpg", quality=90)
 
 
-def run_split(photos: Path, index: Path, args, split: str) -> tuple[float, float, str]:
+def run_split(
+    photos: Path, index: Path, args, split: str, extra: tuple[str, ...] = ()
+) -> tuple[float, float, str]:
     """One fresh index run with a worker/thread split; (wall s, reported s, summary)."""
     command = [sys.executable, "-m", "clipdex", "index", str(photos), "--index", str(index)]
+    command += list(extra)
     command += ["--model", args.model, "--batch-size", str(args.batch_size)]
     command += ["--precision", args.precision]
     shutil.rmtree(index, ignore_errors=True)  # a fresh index: every run embeds everything
@@ -86,7 +89,6 @@ def compare_paths(photos: Path, tmp: Path, args) -> None:
     """Bare model vs the draft and exact pipelines, side by side (see the module)."""
     import torch
 
-    from clipdex.api import Index
     from clipdex.media.decode import load_image_for
     from clipdex.models.open_clip import Embedder
     from clipdex.models.spec import ModelSpec
@@ -116,16 +118,10 @@ def compare_paths(photos: Path, tmp: Path, args) -> None:
             rates[name].append(args.images / (time.perf_counter() - begun))
         torch.set_num_threads(threads)
         for name in ("draft", "exact"):
-            folder = tmp / f"index-{name}"
-            shutil.rmtree(folder, ignore_errors=True)
-            report = Index(folder, loaded_model=model).add(
-                photos,
-                model=model.spec,
-                batch_size=args.batch_size,
-                exact_decode=name == "exact",
-            )
-            rates[name].append(report.images_per_s)
-            balance = report.balance if name == "draft" else balance
+            extra = ("--exact-decode",) if name == "exact" else ()
+            _, reported, summary = run_split(photos, tmp / "index", args, "auto", extra)
+            rates[name].append(args.images / reported)
+            balance = summary.rpartition("; ")[2] if name == "draft" else balance
     best = {name: max(values) for name, values in rates.items()}
     best["bare"] = max(best.pop("bare"), best.pop("bare-1t"))  # the model at its best
     per_core = {name: 1 / (sum(times) / len(times)) for name, times in decode.items()}
