@@ -66,8 +66,9 @@ def retrain_reason(store: IVFStore) -> str | None:
     (after REMEASURE_GROWTH) fell below the target that training had reached."""
     if not store.trained:
         return None
-    if store.trained_on and store.ntotal >= RETRAIN_GROWTH * store.trained_on:
-        return f"grew from {store.trained_on:,} to {store.ntotal:,} vectors since training"
+    base = max(store.trained_on, getattr(store, "planned", 0))  # streamed: the size planned
+    if base and store.ntotal >= RETRAIN_GROWTH * base:
+        return f"grew from {base:,} to {store.ntotal:,} vectors since training"
     if store.ntotal >= REMEASURE_GROWTH * max(store.measured_on, 1):
         store.remeasure()
     reached = store.trained_recall is None or store.trained_recall >= store.target_recall
