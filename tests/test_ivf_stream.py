@@ -64,7 +64,7 @@ def streamed(kind: str, data: np.ndarray, ids: np.ndarray, chunk: int = 250):
     return store, staged, trained_at
 
 
-@pytest.mark.parametrize("kind", ["ivf", "ivf-sq8"])
+@pytest.mark.parametrize("kind", ["ivf", pytest.param("ivf-sq8", marks=pytest.mark.slow)])
 def test_a_store_expecting_many_trains_early_and_streams_the_rest(small_sample, kind):
     data, ids = clustered(4000, DIM), np.arange(100, 4100, dtype=np.int64)
     store, staged, trained_at = streamed(kind, data, ids)
@@ -135,6 +135,7 @@ def write_catalog(folder: Path, data: np.ndarray) -> Catalog:
     return catalog
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ivf", "ivf-sq8"])
 def test_a_rebuild_trains_on_a_random_sample_then_streams(
     tmp_path, small_sample, monkeypatch, kind
@@ -169,6 +170,7 @@ def test_a_rebuild_trains_on_a_random_sample_then_streams(
     catalog.close()
 
 
+@pytest.mark.slow
 def test_a_grown_store_retrains_on_a_sample_and_keeps_every_vector(tmp_path, small_sample):
     data = clustered(4000, DIM)
     catalog = write_catalog(tmp_path, data[:600])

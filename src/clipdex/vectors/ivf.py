@@ -248,14 +248,7 @@ class IVFStore:
         """Tune nprobe on the held-out queries against every vector now held; within the
         planned size, that is what training reaches (no retrain for it). A text tuning
         whose nprobe this changes is redone by vectors.maintain."""
-        before = self.nprobe
-        truth = self.truth
-        self.tune(truth.queries, truth.query_ids, truth.truth())
-        self.measured_on = self.ntotal
-        if self.ntotal <= max(self.planned, self.trained_on) or self.trained_recall is None:
-            self.trained_recall = self.recall
-        if self.text_queries and self.nprobe != before:
-            self.text_queries, self.text_recall = 0, None
+        ivf_stream.retune(self)
 
     def train(self, seed: int = 0) -> None:
         """Train on a sample of the vectors held, move them into the IVF, tune nprobe.
@@ -296,10 +289,7 @@ class IVFStore:
         vectors, before a rebuild streams them in (vectors/ivf_stream.py); nprobe is
         tuned when the stream ends (`prepare`)."""
         nlist = min(choose_nlist(collection), len(sample) // POINTS_PER_LIST)
-        none = np.zeros(0, np.int64)
-        everything = np.arange(len(sample))
-        factory = self.factory(self.dim, nlist)
-        self.index = ivf_tuning.fit_ivf(self.dim, factory, sample, none, everything)
+        self.index = ivf_stream.fit_empty(self.dim, self.factory(self.dim, nlist), sample)
         self.reason = ""
         self._changed()
         self.trained_on = self.planned = collection

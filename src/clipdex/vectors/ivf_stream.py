@@ -80,6 +80,25 @@ def held_out_truth(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) ->
     return truth
 
 
+def retune(store: IVFStore) -> None:
+    """IVFStore.retune: nprobe tuned on the kept truth; within the planned size the recall
+    reached is what training reaches; a text tuning it overrides is dropped (redone)."""
+    before, truth = store.nprobe, store.truth
+    store.tune(truth.queries, truth.query_ids, truth.truth())
+    store.measured_on = store.ntotal
+    if store.ntotal <= max(store.planned, store.trained_on) or store.trained_recall is None:
+        store.trained_recall = store.recall
+    if store.text_queries and store.nprobe != before:
+        store.text_queries, store.text_recall = 0, None
+
+
+def fit_empty(dim: int, factory: str, sample: np.ndarray):
+    """A FAISS IVF from `factory` trained on `sample`, holding nothing yet."""
+    from clipdex.vectors.ivf_tuning import fit_ivf
+
+    return fit_ivf(dim, factory, sample, np.zeros(0, np.int64), np.arange(len(sample)))
+
+
 def sample_then_stream(store: IVFStore, snapshot: Any, source: Any, seed: int = 0) -> bool:
     """Before a rebuild adds every stored vector: train `store` on a random sample of them
     (its tuning queries held out) when the collection is larger than the sample, so the
