@@ -226,3 +226,32 @@ def test_an_index_run_streams_into_the_ivf_and_later_runs_work(
     assert sidecar["type"] == "ivf" and sidecar["ntotal"] == 125
     assert len(trained_at) == 1  # no retraining for 125 of a planned 120
     assert run_cli(runner, "check").stdout.startswith("ok: 125 images")
+
+
+@pytest.mark.slow
+def test_a_run_that_will_outgrow_the_lists_plans_them_at_the_start(tmp_path, small_sample):
+    from clipdex.vectors import catch_up, open_store, save_store
+
+    data = clustered(4000, DIM)
+    catalog = write_catalog(tmp_path, data[:600])
+    catalog.set_index_settings("ivf", None, None)
+    save_store(rebuild_store(catalog), tmp_path)
+    assert json.loads((tmp_path / SIDECAR_FILE).read_text())["trained_on"] == 600
+    store, report = open_store(tmp_path, catalog, expected=4000)  # a run about to add 3,400
+    assert report.action == "rebuilt" and not store.trained  # staging 600 of a planned 4,000
+    assert store.retrained == "grows from 600 to about 4,000 vectors in this run"
+    source = catalog.source_id("/synthetic", "folder")
+    for start in range(600, 4000, 500):
+        records = [
+            ImageRecord(f"/more/{start + i:06d}.jpg", 0, 0, vector=v)
+            for i, v in enumerate(data[start : start + 500])
+        ]
+        catalog.write_batch(source, records)
+        catch_up(store, catalog)
+    assert store.trained and store.trained_on < 2000 and store.planned == 4000
+    assert maintain(store, catalog) is store  # no retrain at the end: planned for it
+    save_store(store, tmp_path)
+    saved = json.loads((tmp_path / SIDECAR_FILE).read_text())
+    assert saved["ntotal"] == 4000 and saved["planned"] == 4000
+    assert saved["retrained"].startswith("grows from 600") and saved["recall"] >= 0.95
+    catalog.close()

@@ -161,16 +161,22 @@ def open_store(
     index run: those stored plus the new files it will embed). Under "auto" the kind is
     chosen for that size (a saved store of another kind is rebuilt now, while small),
     and an untrained IVF trains as soon as it holds the sample that size calls for, so
-    the rest streams into its lists (vectors/ivf_stream.py)."""
+    the rest streams into its lists (vectors/ivf_stream.py); a trained IVF that size
+    outgrows 4x is retrained now, planned for it, rather than after the run."""
     if expected is None:
         kind = chosen_kind(catalog, folder)
         return open_saved(folder, catalog, KINDS, _builder(catalog, kind), mmap)
     kind = _planned_kind(catalog, folder, expected)
     builder = _builder(catalog, kind)
     store, report = open_saved(folder, catalog, KINDS, builder, expected=expected)
-    if store.kind != kind:
-        why = f"index type changed from {store.kind} to {kind} for {expected:,} vectors"
-        store, report = rebuild(catalog, builder, store, expected), LoadReport("rebuilt", why)
+    outgrown = getattr(store, "outgrown", None)
+    grown = outgrown(expected) if outgrown is not None and store.kind == kind else None
+    if store.kind != kind or grown:
+        why = grown or f"index type changed from {store.kind} to {kind} for {expected:,} vectors"
+        fresh = rebuild(catalog, builder, store, expected)
+        if grown:  # retrained now, planned for the run's size (kept in the sidecar)
+            fresh.retrained, fresh.choice = grown, getattr(store, "choice", None)
+        store, report = fresh, LoadReport("rebuilt", why)
     if hasattr(store, "expect"):
         store.expect(expected)
     return store, report

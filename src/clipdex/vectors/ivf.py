@@ -244,6 +244,10 @@ class IVFStore:
     def _grown_since_tuned(self) -> bool:
         return not self.nprobe or self.ntotal >= REMEASURE_GROWTH * max(self.measured_on, 1)
 
+    def outgrown(self, expected: int) -> str | None:
+        """Why to rebuild before a run that leaves `expected` vectors (ivf_stream.outgrown)."""
+        return ivf_stream.outgrown(self, expected)
+
     def retune(self) -> None:
         """Tune nprobe on the held-out queries against every vector now held; within the
         planned size, that is what training reaches (no retrain for it). A text tuning

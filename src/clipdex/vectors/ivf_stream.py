@@ -80,6 +80,20 @@ def held_out_truth(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray) ->
     return truth
 
 
+def outgrown(store: IVFStore, expected: int) -> str | None:
+    """Why a trained store should be rebuilt before a run that leaves `expected` vectors:
+    that is RETRAIN_GROWTH times the size it was trained for (its lists would be retrained
+    at the end anyway; planned now, the run's adds stream into lists fit for them)."""
+    from clipdex.vectors.ivf_tuning import RETRAIN_GROWTH
+
+    base = max(store.trained_on, store.planned)
+    if not store.trained or not base or expected < RETRAIN_GROWTH * base:
+        return None
+    if store.ntotal >= RETRAIN_GROWTH * base:
+        return f"grew from {base:,} to {store.ntotal:,} vectors since training"
+    return f"grows from {base:,} to about {expected:,} vectors in this run"
+
+
 def retune(store: IVFStore) -> None:
     """IVFStore.retune: nprobe tuned on the kept truth; within the planned size the recall
     reached is what training reaches; a text tuning it overrides is dropped (redone)."""
