@@ -127,7 +127,7 @@ def build(kind: str, folder: Path, target: float, staged: bool = False) -> dict:
     return {
         "build_s": seconds,
         "build_mb": peak.peak - base,
-        "trained_at": trained_at or store.ntotal,
+        "trained_at": trained_at,
         "parameters": store.stats().parameters,
         "bytes": store.stats().bytes,
     }
@@ -233,11 +233,12 @@ def main() -> None:
                 f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in built["parameters"].items()
             )
+            trained = f", trained_at={built['trained_at']}" if built["trained_at"] else ""
             print(
                 f"{kind:8} {built['build_s']:8.2f} {built['build_mb']:8.0f} "
                 f"{found['open_s']:7.3f} {found['p50']:7.2f} {found['p99']:7.2f} "
                 f"{found['qps']:9.0f} {found['recall']:9.3f} {found['rss_store_mb']:7.0f} "
-                f"{built['bytes'] / 1e6:7.0f}  {params}, trained_at={built['trained_at']}",
+                f"{built['bytes'] / 1e6:7.0f}  {params}{trained}",
                 flush=True,
             )
             for path in (folder / kind).iterdir():
