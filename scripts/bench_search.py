@@ -228,6 +228,7 @@ def main() -> None:
         )
         for kind in args.kinds.split(","):
             built = child("build", kind, folder, args.target_recall, args.staged)
+            print(f"# {kind} built: {json.dumps(built)}", file=sys.stderr, flush=True)
             found = child("search", kind, folder, args.target_recall)
             params = ", ".join(
                 f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
