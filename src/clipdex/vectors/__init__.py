@@ -5,6 +5,7 @@ base.py     the VectorStore protocol (add, remove, search with an id filter, ite
 flat.py     FlatStore: exact search, IndexIDMap2(IndexFlatIP) (the default kind)
 ivf.py      IVFStore, IVFSQ8Store, IVFPQStore: approximate kinds (ivf, ivf-sq8, ivf-pq)
 ivf_tuning.py  IVF training, nprobe tuning and retrain decisions (IVFStore calls it)
+ivf_stream.py  streaming IVF builds: train once the expected size's sample is held
 persist.py  vectors.faiss + vectors.json: save, load and validate, open (catch up or rebuild)
 check.py    check_index: the catalog and the saved store agree; repair rebuilds
 
