@@ -255,3 +255,15 @@ def test_a_run_that_will_outgrow_the_lists_plans_them_at_the_start(tmp_path, sma
     assert saved["ntotal"] == 4000 and saved["planned"] == 4000
     assert saved["retrained"].startswith("grows from 600") and saved["recall"] >= 0.95
     catalog.close()
+
+
+def test_a_rebuild_before_a_big_run_plans_nlist_for_the_run(tmp_path, small_sample):
+    data = clustered(3000, DIM)
+    catalog = write_catalog(tmp_path, data)
+    store = rebuild(catalog, store_type("ivf"), expected=12_000)  # 9,000 more to come
+    assert store.trained and store.trained_on == 3000 and store.planned == 12_000
+    assert store.stats().parameters["nlist"] == min(
+        ivf_module.choose_nlist(12_000), (store.train_size() - 200) // 4
+    )
+    assert store.ntotal == 3000 and store.outgrown(12_000) is None
+    catalog.close()

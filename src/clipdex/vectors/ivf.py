@@ -289,14 +289,15 @@ class IVFStore:
         return ivf_stream.sample_then_stream(self, snapshot, source)
 
     def fit(self, sample: np.ndarray, collection: int) -> None:
-        """Train an empty store on `sample` (not added) for a collection of `collection`
-        vectors, before a rebuild streams them in (vectors/ivf_stream.py); nprobe is
-        tuned when the stream ends (`prepare`)."""
-        nlist = min(choose_nlist(collection), len(sample) // POINTS_PER_LIST)
+        """Train an empty store on `sample` (not added), drawn from `collection` stored
+        vectors, before a rebuild streams them in (vectors/ivf_stream.py); nlist is for
+        the larger of that and `expected`; nprobe is tuned when the stream ends (`prepare`)."""
+        self.planned = max(collection, self.expected)
+        nlist = min(choose_nlist(self.planned), len(sample) // POINTS_PER_LIST)
         self.index = ivf_stream.fit_empty(self.dim, self.factory(self.dim, nlist), sample)
         self.reason = ""
         self._changed()
-        self.trained_on = self.planned = collection
+        self.trained_on = collection
 
     # -- retraining and tuning (vectors/ivf_tuning.py) -----------------------------------
 
