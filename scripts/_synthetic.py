@@ -14,15 +14,18 @@ import numpy as np
 BUILD_BATCH = 10_000  # catalog rows per transaction while building
 
 
-def clustered(n: int, dim: int, clusters: int | None = None, seed: int = 0) -> np.ndarray:
-    """n unit vectors from anisotropic Gaussian clusters of uneven sizes."""
+def clustered(
+    n: int, dim: int, clusters: int | None = None, seed: int = 0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """n unit vectors from anisotropic Gaussian clusters of uneven sizes; written into
+    `out` (e.g. a memory-mapped .npy: 5M x 512 is 10 GB) when given."""
     clusters = clusters or max(20, int(np.sqrt(n) / 2))
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     sizes = rng.dirichlet(np.full(clusters, 2.0))
     axes = (rng.normal(size=(clusters, 8, dim)) * 0.25).astype(np.float32)
-    out = np.empty((n, dim), np.float32)
+    out = np.empty((n, dim), np.float32) if out is None else out
     for start in range(0, n, 50_000):
         m = min(50_000, n - start)
         which = rng.choice(clusters, size=m, p=sizes)

@@ -95,7 +95,8 @@ def import_embeddings(
             catalog.claim_model(plan.identity)
             apply_settings(folder, catalog, index_type, target_recall)
             report = write_import(catalog, plan, on_progress)
-            store, _ = open_store(folder, catalog)
+            # planned for every stored vector: an IVF trains on a sample, the rest streams
+            store, _ = open_store(folder, catalog, expected=catalog.counts()["vectors"])
             if store.dirty:
                 save_store(store, folder)
             return replace(report, seconds=time.perf_counter() - started)

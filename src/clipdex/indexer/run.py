@@ -149,7 +149,9 @@ def index_source(
     stale = stale or (has_model and pending_rebuild(folder, catalog) is not None)  # or retrain
     if has_model and (embedder is not None or plan.unlink_ids or plan.reuse or stale):
         thumbs = ThumbnailStore(folder)
-        vectors, _ = open_store(folder, catalog)
+        # the size this run leaves: an IVF trains once it holds a sample for it, then streams
+        expected = catalog.counts()["vectors"] + plan.new
+        vectors, _ = open_store(folder, catalog, expected=expected)
         _reuse_vectors(catalog, source_id, plan.reuse)  # before the originals may be deleted
         if options.thumbnails:
             copy_thumbnails(folder, catalog, plan.reuse)

@@ -44,6 +44,24 @@ class Snapshot:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return read_vectors(self.cursor, self.dim(), chunk, since_seq)
 
+    def vector_ids(self) -> np.ndarray:
+        """The ids of every stored vector, ascending (a rebuild draws its sample from them)."""
+        self.cursor.execute("SELECT image_id FROM vectors ORDER BY image_id")
+        return np.fromiter((row[0] for row in self.cursor), dtype=np.int64)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of `ids` (every one must be stored), in the order given."""
+        dim = self.dim()
+        out = np.empty((len(ids), dim), np.float32)
+        where = {int(i): row for row, i in enumerate(ids)}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT image_id, vector FROM vectors WHERE image_id IN ({marks})"
+            for image_id, blob in self.cursor.execute(sql, chunk):
+                out[where[image_id]] = np.frombuffer(blob, dtype="<f4")
+        return out
+
 
 def read_vectors(
     cursor: sqlite3.Cursor, dim: int, chunk: int, since_seq: int | None

@@ -7,6 +7,7 @@ ivf.py      IVFStore, IVFSQ8Store, IVFPQStore: approximate kinds (ivf, ivf-sq8, 
 ivf_tuning.py  IVF training, nprobe tuning and retrain decisions (IVFStore calls it)
 gpu.py      FAISS on a GPU where it has one: k-means for training, search copies
 pending.py  a retrain or kind change the saved store is still owed (from its sidecar)
+ivf_stream.py  streaming IVF builds: train once the expected size's sample is held
 persist.py  vectors.faiss + vectors.json: save, load and validate, open (catch up or rebuild)
 check.py    check_index: the catalog and the saved store agree; repair rebuilds
 
@@ -151,7 +152,7 @@ def _builder(catalog: Catalog, kind: str | None = None) -> StoreType:
 
 
 def open_store(
-    folder: Path, catalog: Catalog, mmap: bool = False
+    folder: Path, catalog: Catalog, mmap: bool = False, expected: int | None = None
 ) -> tuple[VectorStore, LoadReport]:
     """The saved store in `folder`, in step with the catalog (caught up, or rebuilt, as
     the kind the catalog records when the saved one is of another kind).
@@ -159,8 +160,44 @@ def open_store(
     `mmap`: for readers that only search (`clipdex search`): a saved file that reflects
     the catalog is memory-mapped read-only where its kind allows (flat, IVF), so opening
     reads almost nothing; such a store cannot change, and a later catch-up (`catch_up`)
-    opens the file again normally. Writers open without it."""
-    return open_saved(folder, catalog, KINDS, _builder(catalog, chosen_kind(catalog, folder)), mmap)
+    opens the file again normally. Writers open without it.
+
+    `expected`: a writer about to grow the collection to about this many vectors (an
+    index run: those stored plus the new files it will embed). Under "auto" the kind is
+    chosen for that size (a saved store of another kind is rebuilt now, while small),
+    and an untrained IVF trains as soon as it holds the sample that size calls for, so
+    the rest streams into its lists (vectors/ivf_stream.py); a trained IVF that size
+    outgrows 4x is retrained now, planned for it, rather than after the run."""
+    if expected is None:
+        kind = chosen_kind(catalog, folder)
+        return open_saved(folder, catalog, KINDS, _builder(catalog, kind), mmap)
+    kind = _planned_kind(catalog, folder, expected)
+    builder = _builder(catalog, kind)
+    store, report = open_saved(folder, catalog, KINDS, builder, expected=expected)
+    outgrown = getattr(store, "outgrown", None)
+    grown = outgrown(expected) if outgrown is not None and store.kind == kind else None
+    if store.kind != kind or grown:
+        why = grown or f"index type changed from {store.kind} to {kind} for {expected:,} vectors"
+        fresh = rebuild(catalog, builder, store, expected)
+        if grown:  # retrained now, planned for the run's size (kept in the sidecar)
+            fresh.retrained, fresh.choice = grown, getattr(store, "choice", None)
+        store, report = fresh, LoadReport("rebuilt", why)
+    if hasattr(store, "expect"):
+        store.expect(expected)
+    return store, report
+
+
+def _planned_kind(catalog: Catalog, folder: Path, expected: int) -> str:
+    """The kind for a collection about to hold `expected` vectors: the recorded kind, or
+    under "auto" the choice for that size (the saved kind's hysteresis included)."""
+    kind, _ = catalog.index_settings()
+    if kind != AUTO:
+        return kind if kind in KINDS else LEGACY_KIND
+    identity = catalog.model_identity()
+    saved = read_sidecar(folder / SIDECAR_FILE)
+    current = saved["type"] if saved is not None and saved["type"] in KINDS else None
+    dim = identity.dim if identity else 0
+    return choose_within(expected, dim, catalog.memory_budget(), current).kind
 
 
 def load_store(folder: Path, dim: int, mmap: bool = False) -> tuple[VectorStore | None, str]:
@@ -183,19 +220,21 @@ def maintain(store: VectorStore, catalog: Catalog, folder: Path | None = None) -
     Given the `folder`, a changed store is saved there before a rebuild or retrain, so a
     run killed meanwhile leaves a file in step with the catalog; its sidecar then says
     what is still owed (`pending_rebuild`), and the next run does it."""
+    if hasattr(store, "expect"):
+        store.expect(0)  # the run is over: train or tune on what it left
     kind, _ = catalog.index_settings()
     if kind == AUTO:
         choice = choose_within(store.ntotal, store.dim, catalog.memory_budget(), store.kind)
         if choice.kind != store.kind:
             _save_before_rebuild(store, folder)
-            fresh = rebuild(catalog, _builder(catalog, choice.kind))
+            fresh = rebuild(catalog, _builder(catalog, choice.kind), store)
             return _tuned_on_text(_with_choice(fresh, catalog, choice), catalog)
         store.choice = choice.as_dict()
     retrain = getattr(store, "retrain_reason", None)
     why = retrain() if retrain is not None else None
-    if why:
+    if why:  # trained on a sample, then every stored vector streamed in (ivf_stream.py)
         _save_before_rebuild(store, folder)
-        fresh = rebuild(catalog, _builder(catalog, store.kind))
+        fresh = rebuild(catalog, _builder(catalog, store.kind), store)
         fresh.retrained = why
         fresh.choice = getattr(store, "choice", None)
         return _tuned_on_text(fresh, catalog)

@@ -6,8 +6,11 @@ The coarse quantizer is flat; ids are the IVF's own, with a hash-table direct ma
 removal and reconstruction work by id.
 
 Until it holds enough vectors to train (39 per list), a store keeps them in an exact flat
-index and says why (`reason`). It trains when rebuilt or saved (`prepare`), on a sample of
-the vectors it holds (the catalog's: nothing is re-embedded), then nprobe is chosen by
+index and says why (`reason`). Told how many vectors to expect (`expect`: an index run or
+a rebuild), it trains as soon as it holds the sample its nlist calls for, and later adds
+go straight into the lists (vectors/ivf_stream.py: no flat copy of everything); otherwise
+it trains when rebuilt or saved (`prepare`), on a sample of the vectors it holds (the
+catalog's: nothing is re-embedded). Then nprobe is chosen by
 measurement (vectors/ivf_tuning.py): the smallest whose recall@10 against exact search,
 on held-out stored vectors used as queries, reaches `target_recall`. nprobe travels with each search (`SearchParametersIVF`), never set on the
 shared index. A filter small against the index is answered by an exact scan of the
@@ -22,10 +25,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from clipdex.vectors import ivf_tuning
+from clipdex.vectors import ivf_stream, ivf_tuning
 from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind, as_ids, as_matrix
 from clipdex.vectors.gpu import GpuCopy
-from clipdex.vectors.ivf_tuning import SAMPLE_PER_LIST, TRAIN_MAX, TUNING_QUERIES
+from clipdex.vectors.ivf_tuning import (
+    REMEASURE_GROWTH,
+    SAMPLE_PER_LIST,
+    TRAIN_MAX,
+    TUNING_QUERIES,
+)
 
 #: Recall@10 against exact search that nprobe is tuned to reach, unless asked otherwise.
 DEFAULT_TARGET_RECALL = 0.95
@@ -43,6 +51,11 @@ def choose_nlist(n: int) -> int:
     """About 4 sqrt(N) lists, clamped, and never fewer than 39 training points a list."""
     nlist = round(4 * math.sqrt(max(n, 1)))
     return max(1, min(nlist, MAX_NLIST, n // POINTS_PER_LIST))
+
+
+def tuning_count(n: int) -> int:
+    """Tuning queries held out of `n` vectors: TUNING_QUERIES, at most a tenth of them."""
+    return min(TUNING_QUERIES, n // 10)
 
 
 def choose_pq_m(dim: int) -> int:
@@ -87,6 +100,12 @@ class IVFStore:
         self.text_queries = 0
         #: Memory-mapped read-only (vectors.open_store(mmap=True)): `detach` before a change.
         self.mapped = False
+        #: Vectors the current run or rebuild expects in all (in memory: `expect`).
+        self.expected = 0
+        #: The collection size nlist was chosen for (kept; retraining counts growth from it).
+        self.planned = 0
+        #: Exact top-10 of the held-out tuning queries, kept up to date as vectors stream in.
+        self.truth: ivf_stream.StreamTruth | None = None
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._ids: np.ndarray | None = None
         #: Unfiltered searches run on a GPU copy where FAISS has a GPU (vectors/gpu.py).
@@ -146,8 +165,13 @@ class IVFStore:
         if len(ids) == 0:
             return
         self.detach()  # a memory-mapped index cannot change in place
-        self.index.add_with_ids(as_matrix(vectors), as_ids(ids))
+        vectors, ids = as_matrix(vectors), as_ids(ids)
+        self.index.add_with_ids(vectors, ids)
+        if self.truth is not None:
+            self.truth.add(ids, vectors)
         self._changed()
+        if not self.trained and self.expected and self.ntotal >= self.train_size():
+            self.train()  # streaming: later adds go straight into the lists
 
     def remove(self, ids: Iterable[int]) -> int:
         import faiss
@@ -159,6 +183,8 @@ class IVFStore:
         # a hash-table direct map removes only through an IDSelectorArray
         selector = faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids))
         removed = int(self.index.remove_ids(selector))
+        if self.truth is not None and not self.truth.remove(ids):
+            self.truth = None
         self._changed()
         return removed
 
@@ -208,11 +234,42 @@ class IVFStore:
 
     # -- training and tuning ---------------------------------------------------------------
 
+    def expect(self, n: int) -> None:
+        """The run or rebuild under way will leave about `n` vectors (0: it is over).
+        An untrained store then trains once it holds `train_size()`, with the nlist `n`
+        calls for; until it holds `n`, saving does not train it on fewer."""
+        self.expected = max(0, int(n))
+
+    def train_size(self) -> int:
+        """How many vectors an untrained store expecting `expected` trains on: the
+        sample its nlist calls for plus the tuning queries, or all `expected` when fewer."""
+        nlist = choose_nlist(self.expected)
+        sample = min(nlist * SAMPLE_PER_LIST, max(TRAIN_MAX, POINTS_PER_LIST * nlist))
+        return max(self.min_train, min(self.expected, sample + tuning_count(self.expected)))
+
     def prepare(self) -> None:
-        """Train now if untrained and enough vectors are held: called when the store is
-        rebuilt or saved, so nlist follows the whole collection, not its first batch."""
+        """Train now if untrained and enough vectors are held (but not before the vectors
+        a run expects are all in), or tune nprobe again once a stream into trained lists
+        is over: called when the store is rebuilt or saved."""
+        if self.ntotal < self.expected:
+            return
         if not self.trained and self.ntotal >= self.min_train:
             self.train()
+        elif self.trained and self.truth is not None and self._grown_since_tuned():
+            self.retune()
+
+    def _grown_since_tuned(self) -> bool:
+        return not self.nprobe or self.ntotal >= REMEASURE_GROWTH * max(self.measured_on, 1)
+
+    def outgrown(self, expected: int) -> str | None:
+        """Why to rebuild before a run that leaves `expected` vectors (ivf_stream.outgrown)."""
+        return ivf_stream.outgrown(self, expected)
+
+    def retune(self) -> None:
+        """Tune nprobe on the held-out queries against every vector now held; within the
+        planned size, that is what training reaches (no retrain for it). A text tuning
+        whose nprobe this changes is redone by vectors.maintain."""
+        ivf_stream.retune(self)
 
     def train(self, seed: int = 0) -> None:
         """Train on a sample of the vectors held, move them into the IVF, tune nprobe.
@@ -224,28 +281,48 @@ class IVFStore:
         n = len(ids)
         rng = np.random.default_rng(seed)
         order = rng.permutation(n)
-        queries = order[: min(TUNING_QUERIES, n // 10)]
+        queries = order[: tuning_count(n)]
         pool = order[len(queries) :]
-        nlist = choose_nlist(len(pool))
+        nlist = min(choose_nlist(max(self.expected, len(pool))), len(pool) // POINTS_PER_LIST)
         if n < self.min_train or nlist < MIN_NLIST:
             self.reason = self._untrained_reason()
             return
         cap = max(TRAIN_MAX, POINTS_PER_LIST * nlist)
         sample = np.sort(pool[: min(len(pool), nlist * SAMPLE_PER_LIST, cap)])
         ivf = ivf_tuning.fit_ivf(self.dim, self.factory(self.dim, nlist), vectors, ids, sample)
-        truth = ivf_tuning.exact_top(vectors, ids, vectors[queries], ids[queries], 10)
-        query_vectors, query_ids = vectors[queries].copy(), ids[queries]
+        truth = ivf_stream.held_out_truth(vectors, ids, queries)
         self.index = ivf  # the flat index (and the view `vectors` of it) goes
         self.reason = ""
         self._changed()
-        self.tune(query_vectors, query_ids, truth)
+        self.tune(truth.queries, truth.query_ids, truth.truth())
+        self.truth = truth  # kept up to date by later adds: tuned again when they end
         self.trained_on = self.measured_on = n
+        self.planned = max(n, self.expected)
         self.trained_recall = self.recall
+
+    def sample_then_stream(self, snapshot, source=None) -> bool:
+        """Before a rebuild adds every stored vector: train on a random sample of them
+        when there are more than it needs (ivf_stream.sample_then_stream)."""
+        return ivf_stream.sample_then_stream(self, snapshot, source)
+
+    def fit(self, sample: np.ndarray, collection: int) -> None:
+        """Train an empty store on `sample` (not added), drawn from `collection` stored
+        vectors, before a rebuild streams them in (vectors/ivf_stream.py); nlist is for
+        the larger of that and `expected`; nprobe is tuned when the stream ends (`prepare`)."""
+        self.planned = max(collection, self.expected)
+        nlist = min(choose_nlist(self.planned), len(sample) // POINTS_PER_LIST)
+        self.index = ivf_stream.fit_empty(self.dim, self.factory(self.dim, nlist), sample)
+        self.reason = ""
+        self._changed()
+        self.trained_on = collection
 
     # -- retraining and tuning (vectors/ivf_tuning.py) -----------------------------------
 
     def retrain_reason(self) -> str | None:
-        """Why this trained store should be retrained, or None (ivf_tuning.retrain_reason)."""
+        """Why this trained store should be retrained, or None (ivf_tuning.retrain_reason);
+        a stream that just ended is tuned first (`prepare`)."""
+        if self.trained:
+            self.prepare()
         return ivf_tuning.retrain_reason(self)
 
     def remeasure(self, seed: int = 0) -> float | None:
@@ -324,10 +401,12 @@ class IVFStore:
 
     def sidecar(self) -> dict[str, Any]:
         """What the sidecar records besides type, dim, seq and ntotal: the tuning record."""
-        return ivf_tuning.tuning_record(self)
+        return {**ivf_tuning.tuning_record(self), "planned": self.planned}
 
     def load_sidecar(self, data: dict[str, Any]) -> None:
         ivf_tuning.load_tuning_record(self, data)
+        planned = data.get("planned")
+        self.planned = planned if type(planned) is int and planned > 0 else self.trained_on
 
     def detach(self) -> None:
         """Copy a memory-mapped (read-only) index into memory, so it can change."""

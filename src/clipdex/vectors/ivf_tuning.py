@@ -76,14 +76,13 @@ def retrain_reason(store: IVFStore) -> str | None:
     (after REMEASURE_GROWTH) fell below the target that training had reached."""
     if not store.trained:
         return None
-    grown = retrain_due(store.trained_on, store.ntotal, None, None, store.target_recall)
+    base = max(store.trained_on, getattr(store, "planned", 0))  # streamed: the size planned
+    grown = retrain_due(base, store.ntotal, None, None, store.target_recall)
     if grown:
         return grown
     if store.ntotal >= REMEASURE_GROWTH * max(store.measured_on, 1):
         store.remeasure()
-    return retrain_due(
-        store.trained_on, store.ntotal, store.recall, store.trained_recall, store.target_recall
-    )
+    return retrain_due(base, store.ntotal, store.recall, store.trained_recall, store.target_recall)
 
 
 def retrain_due(
@@ -94,7 +93,8 @@ def retrain_due(
     target: float,
 ) -> str | None:
     """The retraining rule on recorded numbers (a store's, or its sidecar's): why a trained
-    IVF should be retrained, or None."""
+    IVF should be retrained, or None. `trained_on`: the size its lists were made for (the
+    planned size of a streamed build, when larger than its sample)."""
     if trained_on and ntotal >= RETRAIN_GROWTH * trained_on:
         return f"grew from {trained_on:,} to {ntotal:,} vectors since training"
     reached = trained_recall is None or trained_recall >= target

@@ -40,9 +40,9 @@ def pending_rebuild(folder: Path, catalog: Catalog) -> str | None:
     target = _number(sidecar.get("target_recall"))
     if target is None:
         return None
-    trained_on = sidecar.get("trained_on")
+    sizes = [sidecar.get(key) for key in ("trained_on", "planned")]  # planned: streamed
     return retrain_due(
-        trained_on if type(trained_on) is int else 0,
+        max((size for size in sizes if type(size) is int), default=0),
         sidecar["ntotal"],
         _number(sidecar.get("recall")),
         _number(sidecar.get("trained_recall")),

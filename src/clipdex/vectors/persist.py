@@ -54,10 +54,12 @@ def open_saved(
     kinds: Mapping[str, StoreType],
     default: StoreType,
     mmap: bool = False,
+    expected: int = 0,
 ) -> tuple[VectorStore, LoadReport]:
     """Load the saved store and bring it in step with the catalog; rebuild it as a
-    `default` store when it cannot be trusted or is ahead of the catalog. With `mmap`, a
-    saved file that reflects the catalog is memory-mapped read-only (see vectors.open_store)."""
+    `default` store when it cannot be trusted or is ahead of the catalog (planned for
+    `expected` vectors, see `rebuild`). With `mmap`, a saved file that reflects the
+    catalog is memory-mapped read-only (see vectors.open_store)."""
     identity = catalog.model_identity()
     if identity is None:
         raise CatalogError(EMPTY_INDEX)
@@ -67,14 +69,17 @@ def open_saved(
     loaded, why = load_saved(folder, identity.dim, kinds, mmap)
     seq = catalog.change_seq()  # after the load: a save meanwhile is not "newer"
     if loaded is None:
-        return rebuild(catalog, default), LoadReport("rebuilt", why)
+        return rebuild(catalog, default, expected=expected), LoadReport("rebuilt", why)
     if loaded.seq == seq:
         return loaded, LoadReport("loaded")
     if loaded.seq > seq:
-        return rebuild(catalog, default), LoadReport("rebuilt", "index is newer than the catalog")
+        newer = "index is newer than the catalog"
+        return rebuild(catalog, default, expected=expected), LoadReport("rebuilt", newer)
     if loaded.kind != default.kind:
         why = f"index type changed from {loaded.kind} to {default.kind}"
-        return rebuild(catalog, default), LoadReport("rebuilt", why)
+        return rebuild(catalog, default, source=loaded, expected=expected), LoadReport(
+            "rebuilt", why
+        )
     behind = seq - loaded.seq
     catch_up(loaded, catalog)
     return loaded, LoadReport("caught-up", f"{behind} changes behind the catalog")
@@ -89,13 +94,26 @@ def is_current(folder: Path, catalog: Catalog, kind: str | None = None) -> bool:
     return (folder / INDEX_FILE).is_file() and sidecar["seq"] == catalog.change_seq()
 
 
-def rebuild(catalog: Catalog, store_type: StoreType) -> VectorStore:
-    """A new store of `store_type` holding every stored vector, read in one transaction."""
+def rebuild(
+    catalog: Catalog,
+    store_type: StoreType,
+    source: VectorStore | None = None,
+    expected: int = 0,
+) -> VectorStore:
+    """A new store of `store_type` holding every stored vector, read in one transaction.
+
+    A kind that trains (IVF) streams: it trains on a random sample first when the
+    collection is larger than that sample (read from `source`, the store it replaces,
+    where that holds exact vectors), then every vector is added chunk by chunk; told
+    `expected` (an index run about to add more), it plans nlist for that size."""
     identity = catalog.model_identity()
     dim = identity.dim if identity else 0
     with catalog.read_snapshot() as snapshot:
         store = store_type(dim, seq=snapshot.change_seq())
         if identity is not None:
+            if hasattr(store, "sample_then_stream"):
+                store.expect(expected)
+                store.sample_then_stream(snapshot, source)
             for ids, vectors in snapshot.iter_vectors():
                 store.add(ids, vectors)
     if hasattr(store, "prepare"):  # a kind that trains (IVF) does so on the whole set
