@@ -184,6 +184,19 @@ def test_per_query_nprobe_does_not_change_the_shared_setting():
     assert wide.tolist() == exact.tolist()  # every list probed: exact
 
 
+@pytest.mark.parametrize("kind", ["ivf", "ivf-sq8"])
+def test_a_search_is_filled_to_k_when_the_probed_lists_hold_fewer(kind):
+    store, ids, data = trained(kind)
+    sizes = store.index.invlists
+    smallest = min(sizes.list_size(i) for i in range(store.index.nlist))
+    k = smallest + 50  # one probed list cannot hold k
+    scores, found = store.search(data[:20], k, nprobe=1)
+    assert (found >= 0).all() and len(set(found[0].tolist())) == k
+    assert np.isin(found, ids).all() and np.isfinite(scores).all()
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # still best first
+    assert store.nprobe == store.index.nprobe  # the shared setting untouched
+
+
 def test_a_file_of_another_ivf_kind_is_not_loaded(tmp_path):
     store, _, _ = trained("ivf-sq8")
     save_store(store, tmp_path)

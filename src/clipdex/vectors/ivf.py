@@ -346,8 +346,9 @@ class IVFStore:
         among: np.ndarray | None = None,
         nprobe: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query row, -1 padded; `among` restricts exactly (a small
-        filter is scanned exactly; a row the IVF fills short is redone exactly)."""
+        """Top-k (scores, ids) per query row (k at most what is stored, or held in the
+        filter); `among` restricts exactly (a small filter is scanned exactly; a filtered
+        row the IVF fills short is redone exactly, an unfiltered one probes more lists)."""
         import faiss
 
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -363,7 +364,7 @@ class IVFStore:
             probes = int(nprobe or self.nprobe or 1) if self.trained else None
             on_gpu = self.gpu.search(self.index, queries, k, probes)
             if on_gpu is not None:
-                return on_gpu
+                return self._fill_short(queries, k, *on_gpu, probes) if probes else on_gpu
         if not self.trained:
             params = None
             if held is not None:
@@ -376,10 +377,26 @@ class IVFStore:
         selector = faiss.IDSelectorBatch(held) if held is not None else None
         params = faiss.SearchParametersIVF(sel=selector, nprobe=int(nprobe or self.nprobe or 1))
         scores, found = self.index.search(queries, k, params=params)
-        if held is not None:
-            short = np.flatnonzero((found < 0).any(axis=1))
-            if len(short):
-                scores[short], found[short] = self._exact(queries[short], k, held)
+        if held is None:
+            return self._fill_short(queries, k, scores, found, params.nprobe)
+        short = np.flatnonzero((found < 0).any(axis=1))
+        if len(short):
+            scores[short], found[short] = self._exact(queries[short], k, held)
+        return scores, found
+
+    def _fill_short(self, queries: np.ndarray, k: int, scores, found, nprobe: int):
+        """Rows whose probed lists held fewer than k vectors probe 4x as many lists, up
+        to all of them: an unfiltered search returns k hits whenever k are stored."""
+        import faiss
+
+        scores, found = np.array(scores), np.array(found)  # writable (a GPU copy's may not be)
+        short = np.flatnonzero((found < 0).any(axis=1))
+        nlist = int(self.index.nlist)
+        while len(short) and nprobe < nlist:
+            nprobe = min(nlist, nprobe * 4)
+            params = faiss.SearchParametersIVF(nprobe=nprobe)
+            scores[short], found[short] = self.index.search(queries[short], k, params=params)
+            short = short[(found[short] < 0).any(axis=1)]
         return scores, found
 
     def _exact(self, queries: np.ndarray, k: int, held: np.ndarray):
