@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from clipdex.vectors import SIDECAR_FILE, new_store, save_store
-from clipdex.vectors.ivf_tuning import exact_top, probe_ladder, recall_bound, recalls_at
+from clipdex.vectors.ivf_tuning import (
+    exact_top,
+    probe_ladder,
+    recall_bound,
+    recalls_at,
+    smallest_enough,
+)
 from test_ivf import clustered
 
 
@@ -68,3 +74,19 @@ def test_fresh_queries_reach_the_target(seed):
     _, found = store.search(fresh, 10)
     recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
     assert recall >= store.target_recall, (store.nprobe, store.recall, store.recall_bound)
+
+
+def test_an_unreachable_target_keeps_the_knee_not_every_list():
+    bounds = {1: 0.60, 2: 0.70, 4: 0.78, 8: 0.800, 16: 0.803, 32: 0.804, 64: 0.805}
+    measured = []
+
+    def measure(nprobe):
+        measured.append(nprobe)
+        return bounds[nprobe] + 0.01, bounds[nprobe]
+
+    # no nprobe reaches 0.95: the smallest within KNEE (0.005) of the best bound, 0.805
+    assert smallest_enough(sorted(bounds), measure, 0.95) == (8, 0.81, 0.8)
+    assert measured == sorted(bounds)
+    measured.clear()  # reachable: the first that reaches it, and nothing after it is tried
+    assert smallest_enough(sorted(bounds), measure, 0.78) == (4, 0.79, 0.78)
+    assert measured == [1, 2, 4]
