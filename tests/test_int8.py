@@ -51,6 +51,26 @@ def test_self_attention_is_multihead_attention_with_linear_projections():
             want = mha(x, x, x, need_weights=False, attn_mask=mask)[0]
             got = SelfAttention.of(mha)(x, x, x, need_weights=False, attn_mask=mask)[0]
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the masks towers with a class token or padding pass: per batch and head (3-D),
+    # boolean, and a key padding mask; a batch of 2 (a 3-D mask broadcast only for 1)
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x = torch.randn(2, 7, 32)
+    per_head = torch.randn(2 * 4, 7, 7)
+    causal = torch.ones(7, 7, dtype=torch.bool).triu_(1)
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, 5:] = True
+    swapped = SelfAttention.of(mha)
+    for masks in (
+        {"attn_mask": per_head},
+        {"attn_mask": causal},
+        {"attn_mask": causal, "key_padding_mask": padding},
+    ):
+        with torch.no_grad():
+            want = mha(x, x, x, need_weights=False, **masks)[0]
+            got = swapped(x, x, x, need_weights=False, **masks)[0]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="is_causal"):
+        swapped(x, x, x, is_causal=True)
 
 
 @pytest.mark.slow

@@ -80,16 +80,43 @@ class SelfAttention(nn.Module):
             made.out.bias.copy_(attention.out_proj.bias)
         return made.eval()
 
-    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None, **_):
+    def forward(
+        self,
+        query,
+        key=None,
+        value=None,
+        need_weights=False,
+        attn_mask=None,
+        key_padding_mask=None,
+        **others,
+    ):
+        if others:
+            raise TypeError(f"SelfAttention does not take {', '.join(others)}")
         if any(other is not None and other is not query for other in (key, value)):
             raise ValueError("SelfAttention attends a sequence to itself only")
         x = query if self.batch_first else query.transpose(0, 1)
         n, length, width = x.shape
         qkv = self.qkv(x).view(n, length, 3, self.heads, width // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        mask = None
+        if attn_mask is not None:  # (L, L), or (N * heads, L, L) as MultiheadAttention takes
+            mask = _additive(attn_mask, q.dtype)
+            if mask.dim() == 3:
+                mask = mask.view(n, self.heads, length, length)
+        if key_padding_mask is not None:  # (N, L): keys to ignore
+            padding = _additive(key_padding_mask, q.dtype)[:, None, None, :]
+            mask = padding if mask is None else mask + padding
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = self.out(y.transpose(1, 2).reshape(n, length, width))
         return (y if self.batch_first else y.transpose(0, 1)), None
+
+
+def _additive(mask, dtype):
+    """A MultiheadAttention mask as an additive float one: boolean True (not attended)
+    becomes -inf, a float mask is already additive."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype).masked_fill(mask, float("-inf"))
+    return mask.to(dtype)
 
 
 def _transformer_linears(model: nn.Module):
