@@ -23,6 +23,11 @@ A = ModelIdentity("clipdex-tiny", "sha256:" + "a" * 64, 4)
 B = ModelIdentity("clipdex-tiny", "sha256:" + "b" * 64, 4)
 
 
+def unit(i: int) -> np.ndarray:
+    """The i-th unit vector of 4 dimensions."""
+    return np.eye(4, dtype=np.float32)[i]
+
+
 def forbid_loading(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
@@ -58,13 +63,13 @@ def test_the_cache_keeps_the_most_recently_used_rows(indexed, monkeypatch):
     try:
         cache = QueryCache(catalog, max_rows=3)
         for i in range(3):
-            cache.put(A, f"q{i}", np.full(4, i, np.float32))
+            cache.put(A, f"q{i}", unit(i))
         assert cache.get(A, "q0") is not None  # used: now the most recent
-        cache.put(A, "q3", np.full(4, 3, np.float32))
+        cache.put(A, "q3", unit(3))
         assert cache.count() == 3
         assert cache.get(A, "q1") is None  # the least recently used went
         for text in ("q0", "q2", "q3"):
-            np.testing.assert_array_equal(cache.get(A, text), np.full(4, int(text[1]), np.float32))
+            np.testing.assert_array_equal(cache.get(A, text), unit(int(text[1])))
         # another model (another checkpoint) never sees these vectors
         assert cache.get(B, "q0") is None and query_key(A, "q0") != query_key(B, "q0")
     finally:
@@ -87,7 +92,7 @@ def test_a_hit_never_waits_for_a_running_writer(indexed, monkeypatch):
     catalog = Catalog(indexed)
     try:
         cache = QueryCache(catalog)
-        cache.put(A, "q", np.ones(4, np.float32))
+        cache.put(A, "q", unit(0))
         first = used_at(catalog, "q")
         assert cache.get(A, "q") is not None and used_at(catalog, "q") == first  # fresh: no write
         monkeypatch.setattr(query_cache, "MARK_USED_AFTER_S", -1.0)  # now every mark is stale
@@ -136,7 +141,21 @@ def test_a_read_only_catalog_is_read_but_not_written(indexed):
     try:
         cache = QueryCache(catalog)
         assert cache.get(identity, "cached before") is not None
-        cache.put(identity, "not cached", np.ones(identity.dim, np.float32))
+        cache.put(identity, "not cached", np.eye(identity.dim, dtype=np.float32)[0])
         assert cache.get(identity, "not cached") is None and cache.count() == 1
+    finally:
+        catalog.close()
+
+
+def test_a_vector_that_is_not_a_finite_unit_vector_is_never_kept(indexed):
+    catalog = Catalog(indexed)
+    try:
+        cache = QueryCache(catalog)
+        unit = np.array([0.6, 0.8, 0.0, 0.0], np.float32)
+        cache.put(A, "broken", np.full(4, np.nan, np.float32))  # a damaged model's answer
+        cache.put(A, "long", unit * 2)
+        assert cache.get(A, "broken") is None and cache.get(A, "long") is None
+        cache.put(A, "good", unit)
+        assert np.array_equal(cache.get(A, "good"), unit)
     finally:
         catalog.close()

@@ -189,11 +189,18 @@ def test_a_damaged_cache_is_deleted_and_rebuilt(tiny_checkpoint):
     folder, config = cached_tower(spec)
     manifest = json.loads((folder / "manifest.json").read_text())
     first = folder / manifest["arrays"]["text_projection"]["file"]
+
+    def noise(shape):
+        return np.random.default_rng(0).normal(0, 0.01, shape).astype(np.float32)
+
     damages = [
         lambda: first.write_bytes(first.read_bytes()[:-8]),  # short
         lambda: first.unlink(),  # missing
         lambda: (folder / "manifest.json").write_text("{not json"),
         lambda: np.save(first, np.zeros((3, 3), dtype=np.float32)),  # another shape
+        # same size and shape, other contents: NaN, or values slightly off
+        lambda: np.save(first, np.full_like(np.load(first), np.nan)),
+        lambda: np.save(first, np.load(first) + noise(np.load(first).shape)),
     ]
     for damage in damages:
         damage()

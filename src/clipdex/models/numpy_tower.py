@@ -89,7 +89,7 @@ def load_numpy_text_encoder(
     identity = _identity_of(spec, want, config)
     if identity is None:
         return None
-    arrays = load_tower(identity.name, identity.weights, config)
+    arrays = load_tower(identity.name, identity.weights, config, _verify(config, identity))
     if arrays is None:
         return None
 
@@ -149,8 +149,31 @@ def cache_text_tower(model) -> None:
     arrays = {key: value.detach().cpu().numpy() for key, value in state.items()}
     if any(not np.isfinite(a).all() for a in arrays.values()):
         return
+    check = {"text": PROBE, "vector": _probe(arrays, config, identity).tolist()}
     with contextlib.suppress(OSError):
-        save_tower(identity.name, identity.weights, config, arrays)
+        save_tower(identity.name, identity.weights, config, arrays, check)
+
+
+#: A text encoded when a tower is cached and again when it is loaded: the same vector, or
+#: the files changed since (a damaged cache is deleted, never used: torch loads instead).
+PROBE = "a photo of a dog"
+
+
+def _probe(arrays: dict, config: dict, identity: ModelIdentity) -> np.ndarray:
+    return NumpyTextEncoder(NumpyTextNet(arrays, config), identity, None).encode_texts([PROBE])[0]
+
+
+def _verify(config: dict, identity: ModelIdentity):
+    def verify(arrays: dict, check: dict) -> bool:
+        saved = np.asarray(check["vector"], dtype=np.float32)
+        now = _probe(arrays, config, identity)
+        return (
+            check["text"] == PROBE
+            and saved.shape == now.shape
+            and bool(np.allclose(now, saved, atol=1e-5))
+        )
+
+    return verify
 
 
 def _text_state(model, quick_gelu: bool) -> dict | None:

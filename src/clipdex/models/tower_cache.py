@@ -27,14 +27,16 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clipdex.models.spec import file_sha256
 
 #: Bumped when the layout changes: older folders are then ignored.
-FORMAT = 1
+FORMAT = 2
 #: A temporary export folder older than this was left by a killed export: removed.
 STALE_PARTIAL_S = 3600.0
 #: Towers kept (each ViT-B-32 text tower is 243 MB); the oldest written go first.
@@ -68,9 +70,13 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64]
 
 
-def load_tower(name: str, weights: str, config: dict) -> dict[str, np.ndarray] | None:
+def load_tower(
+    name: str, weights: str, config: dict, verify: Callable[[dict, Any], bool] | None = None
+) -> dict[str, np.ndarray] | None:
     """The cached arrays (memory-mapped, read-only) of `name`/`weights` built with
-    `config`; None when there is no whole cache (a damaged one is deleted)."""
+    `config`; None when there is no whole cache (a damaged one is deleted). `verify(arrays,
+    check)` is given the `check` saved with them (a probe's result): False, the files
+    changed since they were written (sizes and shapes alike): deleted too."""
     folder = tower_folder(name, weights)
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -93,15 +99,20 @@ def load_tower(name: str, weights: str, config: dict) -> dict[str, np.ndarray] |
             if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
                 raise ValueError(f"{path} has the wrong shape")
             arrays[key] = array
+        if verify is not None and not verify(arrays, manifest["check"]):
+            raise ValueError("its contents changed since they were written")
     except (OSError, ValueError, KeyError, TypeError):
         _remove(folder)
         return None
     return arrays
 
 
-def save_tower(name: str, weights: str, config: dict, arrays: dict[str, np.ndarray]) -> Path:
-    """Write the arrays as `name`/`weights`'s cache: to a temporary folder, renamed into
-    place when whole (a concurrent writer's folder, when first, is kept)."""
+def save_tower(
+    name: str, weights: str, config: dict, arrays: dict[str, np.ndarray], check: Any = None
+) -> Path:
+    """Write the arrays as `name`/`weights`'s cache, with `check` (what `load_tower`'s
+    `verify` compares): to a temporary folder, renamed into place when whole (a
+    concurrent writer's folder, when first, is kept)."""
     folder = tower_folder(name, weights)
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(folder.parent)
@@ -124,6 +135,7 @@ def save_tower(name: str, weights: str, config: dict, arrays: dict[str, np.ndarr
             "weights": weights,
             "config": config,
             "arrays": entries,
+            "check": check,
         }
         (scratch / "manifest.json").write_text(json.dumps(manifest, indent=1))
         try:

@@ -41,6 +41,12 @@ MARK_USED_AFTER_S = 3600.0
 KEYED_PRECISIONS = ("int8",)
 
 
+def is_unit(vector: np.ndarray) -> bool:
+    """A finite vector of length 1 (to float32 rounding)."""
+    vector = np.asarray(vector, dtype=np.float64)
+    return bool(np.isfinite(vector).all()) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3
+
+
 def query_key(identity: ModelIdentity, text: str, precision: str | None = None) -> str:
     """The cache key of `text` under `identity`'s model run in `precision` (the one asked
     for; only KEYED_PRECISIONS change the key)."""
@@ -76,7 +82,7 @@ class QueryCache:
         if row is None:
             return None
         vector = np.frombuffer(row.vector, dtype="<f4")
-        if len(vector) != identity.dim:
+        if len(vector) != identity.dim or not is_unit(vector):
             return None
         stale = time.time() - row.used_at > MARK_USED_AFTER_S
         if self.writable and stale and not is_locked(self.catalog.folder):
@@ -93,8 +99,9 @@ class QueryCache:
         precision: str | None = None,
     ) -> None:
         """Keep `vector` for `text` (made in `precision`); evict the least recently used
-        beyond max_rows."""
-        if not self.writable:
+        beyond max_rows. A vector that is not a finite unit vector (a damaged model) is
+        never kept: it would answer this query wrongly for good."""
+        if not self.writable or not is_unit(vector):
             return
         row = dict(
             key=query_key(identity, text, precision),
