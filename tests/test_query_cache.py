@@ -151,11 +151,11 @@ def test_a_vector_that_is_not_a_finite_unit_vector_is_never_kept(indexed):
     catalog = Catalog(indexed)
     try:
         cache = QueryCache(catalog)
-        unit = np.array([0.6, 0.8, 0.0, 0.0], np.float32)
+        good = np.array([0.6, 0.8, 0.0, 0.0], np.float32)
         cache.put(A, "broken", np.full(4, np.nan, np.float32))  # a damaged model's answer
-        cache.put(A, "long", unit * 2)
+        cache.put(A, "long", good * 2)
         assert cache.get(A, "broken") is None and cache.get(A, "long") is None
-        cache.put(A, "good", unit)
-        assert np.array_equal(cache.get(A, "good"), unit)
+        cache.put(A, "good", good)
+        assert np.array_equal(cache.get(A, "good"), good)
     finally:
         catalog.close()
