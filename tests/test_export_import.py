@@ -505,21 +505,34 @@ def test_import_brings_the_exported_photo_metadata_and_drops_bad_values(runner, 
     (path,) = (tmp_path / "out").glob("*.parquet")
     table = pq.read_table(path)
     rows = table.to_pylist()
-    rows[2].update(taken_at=float("nan"), camera="", lat=123.0, lon=-7.5)  # only lon is sane
+    # hostile values: a time far past any date, a camera of control characters and
+    # megabytes, half a position; then one with only the camera sane (cut to 100)
+    rows[2].update(taken_at=1e300, camera="\x1b[31m\n\x00", lat=48.0, lon=None)
+    rows[3].update(taken_at=float("nan"), camera="Acme\x1b[2J " + "x" * 5_000_000, lat=123.0)
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
     run_cli(runner, "import", str(tmp_path / "out"), "--index", str(tmp_path / "copy"))
     with sqlite3.connect(tmp_path / "copy" / "catalog.sqlite") as db:
         meta = db.execute(
-            "SELECT i.uri, p.taken_at, p.camera, p.lat, p.lon FROM photo_meta p "
+            "SELECT i.uri, p.taken_at, p.taken_local, p.camera, p.lat, p.lon FROM photo_meta p "
             "JOIN images i ON i.id = p.image_id ORDER BY i.uri"
         ).fetchall()
+    # rows without believable metadata get none: the next index run reads their EXIF
     assert meta == sorted(
         [
-            (rows[0]["uri"], 1700000000.0, "Acme One", 48.85, 2.35),
-            (rows[2]["uri"], None, None, None, -7.5),
+            (rows[0]["uri"], 1700000000.0, "2023-11-14T22:13:20+00:00", "Acme One", 48.85, 2.35),
+            (rows[2]["uri"], None, None, "[31m", None, None),  # the escapes' text only
+            (rows[3]["uri"], None, None, "Acme[2J " + "x" * 92, None, None),
         ]
-    )  # rows without metadata get none: the next index run reads their EXIF itself
-    found = run_cli(
-        runner, "search", "a photo", "--camera", "Acme", "--index", str(tmp_path / "copy")
     )
+    copy = ("--index", str(tmp_path / "copy"))
+    assert "2023-11-14 to 2023-11-14" in run_cli(runner, "status", *copy).output
+    with sqlite3.connect(tmp_path / "copy" / "catalog.sqlite") as db:  # by hand, or older
+        db.execute("UPDATE photo_meta SET taken_at = 1e300 WHERE camera = '[31m'")
+    assert "2023-11-14 to ?" in run_cli(runner, "status", *copy).output  # not a traceback
+    with sqlite3.connect(tmp_path / "copy" / "catalog.sqlite") as db:
+        db.execute("UPDATE photo_meta SET taken_at = NULL WHERE camera = '[31m'")
+    found = run_cli(runner, "search", "a photo", "--camera", "Acme One", *copy)
     assert rows[0]["uri"] in found.output and rows[1]["uri"] not in found.output
+    for dates in (("--after", "2023-11-01"), ("--before", "2023-12-01")):
+        dated = run_cli(runner, "search", "a photo", *dates, *copy, "--format", "json")
+        assert [hit["uri"] for hit in json.loads(dated.output)] == [rows[0]["uri"]]

@@ -126,15 +126,21 @@ def print_status(status: IndexStatus, fmt: str) -> None:
         click.echo(line)
 
 
+def _day(epoch: float) -> str:
+    """YYYY-MM-DD of a UTC epoch; "?" for one no calendar holds (a catalog written by
+    hand, or by an older import that took any number)."""
+    try:
+        return time.strftime("%Y-%m-%d", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
 def _photos(status: IndexStatus) -> str:
     """Dated, placed and camera counts and the date range, in words."""
     p = status.photos
     span = ""
     if p.first_taken is not None and p.last_taken is not None:
-        first, last = (
-            time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (p.first_taken, p.last_taken)
-        )
-        span = f" ({first} to {last})"
+        span = f" ({_day(p.first_taken)} to {_day(p.last_taken)})"
     text = (
         f"{p.dated} dated{span}, {p.placed} with a place, "
         f"{p.with_camera} with a camera ({p.cameras} cameras)"

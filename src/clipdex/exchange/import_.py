@@ -21,6 +21,7 @@ import numpy as np
 from clipdex.errors import ExchangeError
 from clipdex.exchange.layouts import Part, find_parts
 from clipdex.exchange.reading import Chunk, iter_part, recorded_identity
+from clipdex.media.exif import believable
 from clipdex.models.spec import ModelSpec, resolve_weights
 from clipdex.storage.catalog import Catalog
 from clipdex.storage.catalog_bulk import (
@@ -261,30 +262,16 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def _photo(piece: Chunk) -> list[PhotoMeta | None]:
-    """The photo metadata of each row, where the export carried any; values of the wrong
-    type or out of range are dropped, not imported. A row with none gets no photo_meta
-    row: the next `clipdex index` of the file reads its EXIF itself."""
+    """The photo metadata of each row, where the export carried any, under the sanity
+    rules of a photo's own EXIF (media/exif.py `believable`): what fails them is dropped.
+    A row with none gets no photo_meta row: the next `clipdex index` of the file reads
+    its EXIF itself."""
     columns = [piece.photo.get(name) or [None] * len(piece.uris) for name in PHOTO_COLUMNS]
     out: list[PhotoMeta | None] = []
     for taken_at, camera, lat, lon in zip(*columns, strict=True):
-        meta = PhotoMeta(
-            taken_at=_number(taken_at),
-            camera=camera if isinstance(camera, str) and camera else None,
-            lat=_number(lat, 90),
-            lon=_number(lon, 180),
-        )
+        meta = believable(taken_at, camera, lat, lon)
         out.append(meta if meta != PhotoMeta() else None)
     return out
-
-
-def _number(value, limit: float | None = None) -> float | None:
-    """A finite float (within +-limit), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    if not np.isfinite(value) or (limit is not None and abs(value) > limit):
-        return None
-    return value
 
 
 def _sizes(piece: Chunk) -> tuple[list[int], list[int]]:

@@ -84,6 +84,35 @@ def capture_time(stamp: Any, offset: Any = None) -> tuple[float | None, str | No
     return taken_at, (moment if zone else naive).isoformat()
 
 
+def believable(
+    taken_at: Any = None, camera: Any = None, lat: Any = None, lon: Any = None
+) -> PhotoMeta:
+    """Metadata from elsewhere (an imported export) under the same sanity rules as a
+    photo's own: a capture time from 1970 to a day ahead (its text then the UTC time), a
+    camera name of printable text cut to MAX_CAMERA, a position only as a pair in range
+    and not 0,0. What fails a rule is left empty."""
+    when = _number(taken_at)
+    local = None
+    if when is not None and 0.0 <= when <= time.time() + FUTURE_SLACK_S:
+        local = datetime.fromtimestamp(when, timezone.utc).isoformat()
+    else:
+        when = None
+    name = None
+    if isinstance(camera, str):
+        name = "".join(c for c in camera[: 4 * MAX_CAMERA] if c.isprintable()).strip()
+        name = name[:MAX_CAMERA] or None
+    lat, lon = _number(lat), _number(lon)
+    if lat is None or lon is None or abs(lat) > 90 or abs(lon) > 180 or (lat == 0 and lon == 0):
+        lat = lon = None
+    return PhotoMeta(taken_at=when, taken_local=local, camera=name, lat=lat, lon=lon)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def camera_name(make: Any, model: Any) -> str | None:
     """ "Make Model", without the make twice ("Canon Canon EOS R5" -> "Canon EOS R5")."""
     make, model = _text(make) or "", _text(model) or ""
