@@ -45,7 +45,7 @@ def check_reachable(address: str) -> None:
     hostport = address.removeprefix("ray://").split("/", 1)[0]
     host, _, port = hostport.rpartition(":")
     host = host.strip("[]")  # [::1]:6379
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         raise BackendError(f"the Ray address '{address}' is not HOST:PORT or ray://HOST:PORT")
     try:
         with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
@@ -56,6 +56,6 @@ def check_reachable(address: str) -> None:
 
 
 def first_line(exc: BaseException) -> str:
-    """An exception's first line, at most 200 characters, for a one-line error."""
+    """An exception's first line, at most 300 characters, for a one-line error."""
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
