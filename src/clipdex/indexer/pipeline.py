@@ -145,22 +145,28 @@ def decode_batches(
     """Yield batches of decoded, preprocessed images in the order of `entries`; with
     `decode_size`, images are decoded no smaller than that on their short side; with
     `thumbnails`, each carries a thumbnail made from its decoded image."""
-    from torch.utils.data import DataLoader
-
     if not entries:
         return
     workers = pool_size(len(entries), batch_size, workers, available_cores())
-    loader = DataLoader(
-        _DecodeDataset(entries, preprocess, max_pixels, decode_size, thumbnails),
+    dataset = _DecodeDataset(entries, preprocess, max_pixels, decode_size, thumbnails)
+    yield from worker_loader(dataset, batch_size, workers, collate)
+
+
+def worker_loader(dataset, batch_size: int, workers: int, collate_fn):
+    """A DataLoader over `dataset` in order, in `workers` forked processes (0: in this
+    one) that die with this process, each a few batches ahead."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None,
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
     )
-    yield from loader
 
 
 def pool_size(count: int, batch_size: int, workers: int | None, cores: int) -> int:

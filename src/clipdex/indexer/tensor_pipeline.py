@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from clipdex.errors import BackendError, ImageDecodeError
-from clipdex.indexer.pipeline import Batch, Decoded, decode_file, decoded, die_with_parent
+from clipdex.indexer.pipeline import Batch, Decoded, decode_file, decoded, worker_loader
 from clipdex.media.decode import load_image_for
 from clipdex.media.tensor_decode import (
     TensorPreprocess,
@@ -145,8 +145,6 @@ def tensor_batches(
 ) -> Iterator[Batch]:
     """Like pipeline.decode_batches, with the JPEGs of each batch decoded and preprocessed
     on `tensor.device` in the main process (pixels on that device)."""
-    from torch.utils.data import DataLoader
-
     if not entries:
         return
     read = functools.partial(
@@ -156,17 +154,7 @@ def tensor_batches(
         decode_size=decode_size,
         thumbnail=thumbnails,
     )
-    loader = DataLoader(
-        _ReadDataset(entries, read),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=list,
-        prefetch_factor=4 if workers else None,
-        multiprocessing_context="fork" if workers else None,
-        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers else None,
-    )
-    for samples in loader:
+    for samples in worker_loader(_ReadDataset(entries, read), batch_size, workers, list):
         yield finish_batch(samples, tensor, preprocess, max_pixels, decode_size, thumbnails)
 
 
