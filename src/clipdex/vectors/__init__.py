@@ -7,6 +7,7 @@ ivf.py      IVFStore, IVFSQ8Store, IVFPQStore: approximate kinds (ivf, ivf-sq8, 
 ivf_tuning.py  IVF training, nprobe tuning and retrain decisions (IVFStore calls it)
 gpu.py      FAISS on a GPU where it has one: k-means for training, search copies
 pending.py  a retrain or kind change the saved store is still owed (from its sidecar)
+ivf_search.py  IVF search: id filters exact, short rows filled by probing more lists
 ivf_stream.py  streaming IVF builds: train once the expected size's sample is held
 persist.py  vectors.faiss + vectors.json: save, load and validate, open (catch up or rebuild)
 check.py    check_index: the catalog and the saved store agree; repair rebuilds

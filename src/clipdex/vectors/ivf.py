@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from clipdex.vectors import ivf_stream, ivf_tuning
+from clipdex.vectors import ivf_search, ivf_stream, ivf_tuning
 from clipdex.vectors.base import DEFAULT_CHUNK, StoreStats, WrongKind, as_ids, as_matrix
 from clipdex.vectors.gpu import GpuCopy
 from clipdex.vectors.ivf_tuning import (
@@ -42,9 +42,6 @@ POINTS_PER_LIST = 39
 #: The fewest lists worth an IVF; fewer vectors than 39 x this stay flat.
 MIN_NLIST = 8
 MAX_NLIST = 65536
-#: A filter of at most this many ids, or this fraction of the store, is scanned exactly.
-EXACT_FILTER_IDS = 4096
-EXACT_FILTER_FRACTION = 0.05
 
 
 def choose_nlist(n: int) -> int:
@@ -346,73 +343,8 @@ class IVFStore:
         among: np.ndarray | None = None,
         nprobe: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query row (k at most what is stored, or held in the
-        filter); `among` restricts exactly (a small filter is scanned exactly; a filtered
-        row the IVF fills short is redone exactly, an unfiltered one probes more lists)."""
-        import faiss
-
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        held = None
-        if among is not None:
-            among = np.unique(np.asarray(among, dtype=np.int64))
-            held = among[np.isin(among, self.ids())]
-        k = min(k, self.ntotal if held is None else len(held))
-        if k <= 0:
-            empty = np.zeros((len(queries), 0))
-            return empty.astype(np.float32), empty.astype(np.int64)
-        if held is None:  # on the GPU copy when there is one, else on the CPU below
-            probes = int(nprobe or self.nprobe or 1) if self.trained else None
-            on_gpu = self.gpu.search(self.index, queries, k, probes)
-            if on_gpu is not None:
-                return self._fill_short(queries, k, *on_gpu, probes) if probes else on_gpu
-        if not self.trained:
-            params = None
-            if held is not None:
-                params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(held))
-            return self.index.search(queries, k, params=params)
-        if held is not None and (
-            len(held) <= EXACT_FILTER_IDS or len(held) <= EXACT_FILTER_FRACTION * self.ntotal
-        ):
-            return self._exact(queries, k, held)
-        selector = faiss.IDSelectorBatch(held) if held is not None else None
-        params = faiss.SearchParametersIVF(sel=selector, nprobe=int(nprobe or self.nprobe or 1))
-        scores, found = self.index.search(queries, k, params=params)
-        if held is None:
-            return self._fill_short(queries, k, scores, found, params.nprobe)
-        short = np.flatnonzero((found < 0).any(axis=1))
-        if len(short):
-            scores[short], found[short] = self._exact(queries[short], k, held)
-        return scores, found
-
-    def _fill_short(self, queries: np.ndarray, k: int, scores, found, nprobe: int):
-        """Rows whose probed lists held fewer than k vectors probe 4x as many lists, up
-        to all of them: an unfiltered search returns k hits whenever k are stored."""
-        import faiss
-
-        scores, found = np.array(scores), np.array(found)  # writable (a GPU copy's may not be)
-        short = np.flatnonzero((found < 0).any(axis=1))
-        nlist = int(self.index.nlist)
-        while len(short) and nprobe < nlist:
-            nprobe = min(nlist, nprobe * 4)
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-            scores[short], found[short] = self.index.search(queries[short], k, params=params)
-            short = short[(found[short] < 0).any(axis=1)]
-        return scores, found
-
-    def _exact(self, queries: np.ndarray, k: int, held: np.ndarray):
-        scores = np.empty((len(queries), k), np.float32)
-        found = np.empty((len(queries), k), np.int64)
-        best = None
-        for start in range(0, len(held), DEFAULT_CHUNK):
-            part = held[start : start + DEFAULT_CHUNK]
-            s = queries @ self.reconstruct(part).T
-            i = np.broadcast_to(part, s.shape)
-            if best is not None:
-                s, i = np.hstack([best[0], s]), np.hstack([best[1], i])
-            top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-            best = (np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1))
-        scores[:], found[:] = best
-        return scores, found
+        """Top-k (scores, ids) per query row (vectors/ivf_search.py `search`)."""
+        return ivf_search.search(self, queries, k, among, nprobe)
 
     # -- files -----------------------------------------------------------------------------
 
