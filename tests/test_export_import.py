@@ -109,9 +109,8 @@ def test_export_then_import_gives_back_the_same_uris_and_vectors(
     run_cli(runner, "check", "--index", str(tmp_path / "copy"))
 
 
-def test_parquet_records_the_model_in_its_schema_and_photo_metadata_when_present(
-    runner, tmp_path, built
-):
+def export_with_photo_meta(runner, tmp_path, built):
+    """A Parquet export of a copy of `built` whose image 1 has photo metadata."""
     _, source = built
     index = tmp_path / "index"
     shutil.copytree(source, index)
@@ -122,6 +121,13 @@ def test_parquet_records_the_model_in_its_schema_and_photo_metadata_when_present
         )
     run_cli(runner, "export", str(tmp_path / "out"), "--index", str(index))
     (path,) = (tmp_path / "out").glob("*.parquet")
+    return path
+
+
+def test_parquet_records_the_model_in_its_schema_and_photo_metadata_when_present(
+    runner, tmp_path, built
+):
+    path = export_with_photo_meta(runner, tmp_path, built)
     schema = pq.read_schema(path)
     assert json.loads(schema.metadata[b"clipdex"])["model"] == TINY_ID
     assert schema.field("vector").type == pa.list_(pa.float32(), 64)
@@ -493,16 +499,7 @@ def test_import_takes_the_index_type_options_of_clipdex_index(runner, tmp_path, 
 
 
 def test_import_brings_the_exported_photo_metadata_and_drops_bad_values(runner, tmp_path, built):
-    _, source = built
-    index = tmp_path / "index"
-    shutil.copytree(source, index)
-    with sqlite3.connect(index / "catalog.sqlite") as db:
-        db.execute(
-            "INSERT OR REPLACE INTO photo_meta (image_id, taken_at, camera, lat, lon) "
-            "VALUES (1, 1700000000.0, 'Acme One', 48.85, 2.35)"
-        )
-    run_cli(runner, "export", str(tmp_path / "out"), "--index", str(index))
-    (path,) = (tmp_path / "out").glob("*.parquet")
+    path = export_with_photo_meta(runner, tmp_path, built)
     table = pq.read_table(path)
     rows = table.to_pylist()
     # hostile values: a time far past any date, a camera of control characters and
