@@ -33,6 +33,7 @@ from clipdex.defaults import (
     DEFAULT_FETCH_WORKERS,
 )
 from clipdex.errors import IndexNotFoundError, SourceError
+from clipdex.indexer.ray_connect import check_address
 from clipdex.indexer.ray_run import RayOptions, require_ray
 from clipdex.indexer.run import IndexReport, RunOptions, forget_source, index_source
 from clipdex.indexer.tensor_pipeline import decode_path_from_env
@@ -354,6 +355,7 @@ class Index:
         decode_path_from_env()  # a bad CLIPDEX_DECODE_PATH fails before anything is written
         if ray is not None:
             require_ray()  # before anything is opened or written
+            check_address(ray.address)
         try:
             source = open_source(
                 path,

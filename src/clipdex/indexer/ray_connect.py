@@ -26,8 +26,7 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     where = f"at {address}" if address else "on this machine"
-    if address not in RESOLVED_BY_RAY:
-        check_reachable(address)
+    check_address(address)
     try:
         ray.init(
             address=address,
@@ -38,6 +37,13 @@ def connect(address: str | None) -> bool:
     except (OSError, RuntimeError, ValueError) as exc:
         raise BackendError(f"cannot start or reach Ray {where}: {first_line(exc)}") from exc
     return True
+
+
+def check_address(address: str | None) -> None:
+    """BackendError unless `address` is one Ray resolves itself or answers on TCP: run
+    before an index is created, so a wrong address leaves nothing behind."""
+    if address not in RESOLVED_BY_RAY:
+        check_reachable(address)
 
 
 def check_reachable(address: str) -> None:

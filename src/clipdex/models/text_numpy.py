@@ -141,15 +141,23 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarra
     return centred / np.sqrt(var + np.float32(EPS)) * weight + bias
 
 
+#: The BLAS thread limit is process-wide: passes that set it take turns, so one cannot
+#: restore another's saved limit out of order and leave BLAS at one thread.
+_BLAS_LIMIT = threading.Lock()
+
+
+@contextlib.contextmanager
 def blas_threads(rows: int):
     """One BLAS thread for a pass over few rows (a query: one text's tokens): threads
     cost more than they give on such matrices (measured: 0.05-0.08 s for ViT-B-32's
     tower with one thread, 0.2-1.8 s with two on a busy 2-core machine)."""
     if rows > FEW_ROWS:
-        return contextlib.nullcontext()
+        yield
+        return
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="blas")
+    with _BLAS_LIMIT, threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 class NumpyTextNet:
