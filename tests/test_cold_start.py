@@ -83,13 +83,17 @@ def test_text_tower_alone_equals_the_whole_tiny_model(tiny_checkpoint):
     assert_text_tower_equals_whole_model("clipdex-tiny", tiny_checkpoint)
 
 
+def save_vit_checkpoint(path: Path) -> Path:
+    """ViT-B-32-256's random weights saved as a checkpoint (605 MB)."""
+    model = Embedder(ModelSpec("ViT-B-32-256", pretrained="none"), precision="fp32")
+    torch.save(model.model.state_dict(), path)
+    return path
+
+
 @pytest.mark.slow
 def test_text_tower_alone_equals_the_whole_vit_b_32_256(tmp_path):
     """ViT-B-32-256 random weights saved as a checkpoint (605 MB)."""
-    model = Embedder(ModelSpec("ViT-B-32-256", pretrained="none"), precision="fp32")
-    checkpoint = tmp_path / "vit.pt"
-    torch.save(model.model.state_dict(), checkpoint)
-    del model
+    checkpoint = save_vit_checkpoint(tmp_path / "vit.pt")
     alone = assert_text_tower_equals_whole_model("ViT-B-32-256", checkpoint)
     assert alone.identity.dim == 512
 

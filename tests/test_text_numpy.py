@@ -24,7 +24,6 @@ from clipdex.models.numpy_tower import (
     serves,
     tower_config,
 )
-from clipdex.models.open_clip import Embedder
 from clipdex.models.spec import ModelSpec, file_sha256
 from clipdex.models.text_encoder import TextEncoder, load_text_encoder
 from clipdex.models.text_numpy import NumpyTextEncoder, erf, gelu, quick_gelu
@@ -36,6 +35,7 @@ from clipdex.models.tower_cache import (
     tower_folder,
 )
 from conftest import make_images
+from test_cold_start import save_tiny_checkpoint, save_vit_checkpoint
 
 TEXTS = [
     "a dog",
@@ -46,14 +46,6 @@ TEXTS = [
     "Hello, World!!! it's 3.14 — “quotes” &amp; <b>html</b>",
     "tab\tnew\nline   CAPS MiXeD 1234567890 café ﬁ ½",
 ]
-
-
-def save_tiny_checkpoint(path: Path, scale: float = -1.0) -> None:
-    """The seeded tiny model with its text projection scaled (weights of its own)."""
-    model = Embedder(ModelSpec("clipdex-tiny"), precision="fp32")
-    with torch.no_grad():
-        model.model.text_projection.mul_(scale)
-    torch.save(model.model.state_dict(), path)
 
 
 @pytest.fixture
@@ -150,10 +142,7 @@ def test_the_numpy_tower_equals_the_torch_tower(tiny_checkpoint):
 @pytest.mark.slow
 def test_the_numpy_tower_equals_the_torch_tower_vit_b_32_256(tmp_path):
     """ViT-B-32-256 random weights saved as a checkpoint (605 MB)."""
-    model = Embedder(ModelSpec("ViT-B-32-256", pretrained="none"), precision="fp32")
-    checkpoint = tmp_path / "vit.pt"
-    torch.save(model.model.state_dict(), checkpoint)
-    del model
+    checkpoint = save_vit_checkpoint(tmp_path / "vit.pt")
     tower, numpy_tower = torch_and_numpy(ModelSpec("ViT-B-32-256", checkpoint=str(checkpoint)))
     assert numpy_tower.identity.dim == 512
     assert_same_vectors(tower, numpy_tower)
@@ -178,7 +167,7 @@ def test_large_batches_go_to_torch_with_the_same_model(tiny_checkpoint, monkeypa
     np.testing.assert_allclose(batched, alone, atol=1e-5)
     # the file changed since the numpy tower loaded: torch's model is refused
     fresh = load_numpy_text_encoder(spec, None, "cpu", "fp32")
-    save_tiny_checkpoint(tiny_checkpoint, scale=3.0)
+    save_tiny_checkpoint(tiny_checkpoint, 3.0)
     with pytest.raises(ModelMismatchError, match="changed while in use"):
         fresh.encode_texts(TEXTS)
 
@@ -265,7 +254,7 @@ def test_a_changed_checkpoint_is_never_served_stale(tmp_path, tiny_checkpoint):
     old = os.stat(tiny_checkpoint)
     old_sha = checkpoint_sha256(tiny_checkpoint)
     # other weights at the same path, same size, its modification time put back
-    save_tiny_checkpoint(tiny_checkpoint, scale=2.0)
+    save_tiny_checkpoint(tiny_checkpoint, 2.0)
     os.utime(tiny_checkpoint, ns=(old.st_atime_ns, old.st_mtime_ns))
     assert os.stat(tiny_checkpoint).st_size == old.st_size
     assert checkpoint_sha256(tiny_checkpoint) != old_sha  # rehashed: its ctime changed
